@@ -1,0 +1,215 @@
+"""Shared primitives for the model files: RMSNorm variants, RoPE variants, gated MLPs, cached attention.
+
+Shape legend (used in every model file):
+    B  batch            T  new tokens in this call      S  key slots visible to this call (cache slots)
+    H  hidden size      nh query heads                  nkv key/value heads        hd head dim
+    I  MLP width        V  vocabulary
+Slots index the preallocated cache; positions are the RoPE positions of the tokens in those slots
+(they differ from slots when a batch is left-padded).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ctxlab.errors import CtxlabError
+from ctxlab.models.cache import KVCache
+
+# ----------------------------------------------------------------------------------------------------- norms
+
+
+class RMSNorm(nn.Module):
+    """Llama/Qwen RMSNorm: normalise in fp32, cast back to the activation dtype, then scale by w."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class GemmaRMSNorm(nn.Module):
+    """Gemma RMSNorm: the weight is an offset from 1 and the multiply happens in fp32 before the cast."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * (1.0 + self.weight.float())).to(x.dtype)
+
+
+# ------------------------------------------------------------------------------------------------------ RoPE
+
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def rope_inv_freq(dim: int, theta: float, scaling: dict | None = None) -> Tensor:
+    """Inverse frequencies for `dim` rotated channels (fp32, on the CPU), with optional HF rope scaling."""
+    inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim))
+    rope_type = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if rope_type == "default":
+        return inv
+    if rope_type == "linear":
+        return inv / float(scaling["factor"])
+    if rope_type == "llama3":
+        factor = float(scaling["factor"])
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        orig = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv
+        scaled = torch.where(wavelen > orig / low, inv / factor, inv)
+        smooth = (orig / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= orig / high) & (wavelen <= orig / low)
+        return torch.where(medium, smoothed, scaled)
+    raise CtxlabError(f"unsupported rope_type {rope_type!r}; supported: {', '.join(ROPE_TYPES)}")
+
+
+class RoPE:
+    """Caches inv_freq per device; returns cos/sin tables for arbitrary (per-row) positions."""
+
+    def __init__(self, dim: int, theta: float, scaling: dict | None = None):
+        self.dim = dim
+        self._inv = {torch.device("cpu"): rope_inv_freq(dim, theta, scaling)}
+
+    def inv_freq(self, device: torch.device) -> Tensor:
+        if device not in self._inv:
+            self._inv[device] = self._inv[torch.device("cpu")].to(device)
+        return self._inv[device]
+
+    def cos_sin(self, pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """pos (B, T) → cos, sin (B, 1, T, dim) in `dtype`; angles computed in fp32 as HF does."""
+        freqs = pos[..., None].float() * self.inv_freq(pos.device)  # (B, T, dim/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, dim)
+        return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate-half RoPE on x (B, n, T, hd) with cos/sin (B, 1, T, hd)."""
+    return x * cos + rotate_half(x) * sin
+
+
+# ------------------------------------------------------------------------------------------------------- MLPs
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "silu": F.silu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+}
+
+
+def activation(name: str) -> Callable[[Tensor], Tensor]:
+    if name not in ACTIVATIONS:
+        raise CtxlabError(f"unsupported activation {name!r}; supported: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)): SwiGLU for Llama/Qwen, GeGLU (tanh) for Gemma."""
+
+    def __init__(self, dim: int, hidden: int, act: str, bias: bool = False):
+        super().__init__()
+        self.w_gate = nn.Linear(dim, hidden, bias=bias)
+        self.w_up = nn.Linear(dim, hidden, bias=bias)
+        self.w_down = nn.Linear(hidden, dim, bias=bias)
+        self.act = activation(act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w_down(self.act(self.w_gate(x)) * self.w_up(x))
+
+
+# -------------------------------------------------------------------------------------------------- attention
+
+
+def token_positions(valid: Tensor | None, start_counts: Tensor | None, B: int, T: int, device) -> Tensor:
+    """RoPE positions (B, T) of new tokens: the count of real tokens before each one (pads get position 0)."""
+    if valid is None:
+        base = torch.arange(T, device=device)[None].expand(B, T)  # (B, T)
+        return base if start_counts is None else base + start_counts[:, None]
+    pos = valid.long().cumsum(-1) - 1  # (B, T)
+    if start_counts is not None:
+        pos = pos + start_counts[:, None]
+    return pos.clamp_min(0)
+
+
+def build_mask(
+    q_pos: Tensor, k_pos: Tensor, k_valid: Tensor | None, start: int, chunk: int | None = None
+) -> Tensor:
+    """Boolean mask (B, 1, T, S): key slot j is visible to the query in slot start+i iff j <= start+i, the key is
+    a real token and (for chunked attention) both positions fall in the same chunk. A query always sees itself,
+    so rows of left-padding never become all -inf (their outputs are ignored)."""
+    T, S = q_pos.shape[1], k_pos.shape[1]
+    q_slot = torch.arange(start, start + T, device=q_pos.device)[:, None]  # (T, 1)
+    k_slot = torch.arange(S, device=q_pos.device)[None, :]  # (1, S)
+    allowed = (k_slot <= q_slot)[None]  # (1, T, S)
+    if k_valid is not None:
+        allowed = allowed & k_valid[:, None, :]  # (B, T, S)
+    if chunk is not None:
+        allowed = allowed & ((q_pos[:, :, None] // chunk) == (k_pos[:, None, :] // chunk))  # (B, T, S)
+    allowed = allowed | (k_slot == q_slot)[None]
+    return allowed[:, None]  # (B, 1, T, S)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float | None) -> Tensor:
+    """SDPA over q (B, nh, T, hd) and k/v (B, nkv, S, hd) with grouped-query heads; returns (B, nh, T, hd)."""
+    gqa = q.shape[1] != k.shape[1]
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale, enable_gqa=gqa
+    )
+
+
+def cached_attention(
+    q: Tensor,
+    k: Tensor | None,
+    v: Tensor | None,
+    cache: KVCache | None,
+    layer: int,
+    start: int,
+    mask: Tensor | None,
+    causal: bool,
+    scale: float | None = None,
+) -> Tensor:
+    """Write this call's keys/values into `cache` (unless k is None: a frozen-cache pass that only reads) and
+    attend over slots [0, start+T). Without a cache, attend over k/v directly."""
+    T = q.shape[2]
+    if cache is None:
+        return attend(q, k, v, mask, causal, scale)
+    if k is not None:
+        cache.k[layer][:, :, start : start + T] = k
+        cache.v[layer][:, :, start : start + T] = v
+    end = start + T
+    return attend(q, cache.k[layer][:, :, :end], cache.v[layer][:, :, :end], mask, causal, scale)
+
+
+def rope_from_hf(d: dict) -> tuple[float, dict | None]:
+    """(theta, scaling) from an HF config dict, accepting both the v4 keys (rope_theta, rope_scaling) and the v5
+    `rope_parameters` dict. `scaling` is None for plain RoPE."""
+    params = d.get("rope_parameters") or {}
+    theta = float(params.get("rope_theta", d.get("rope_theta", 10000.0)))
+    scaling = d.get("rope_scaling") or {k: v for k, v in params.items() if k != "rope_theta"} or None
+    if scaling is not None:
+        rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+        if rope_type == "default":
+            return theta, None
+        if rope_type not in ROPE_TYPES:
+            raise CtxlabError(f"unsupported rope_type {rope_type!r}; supported: {', '.join(ROPE_TYPES)}")
+        scaling = {**scaling, "rope_type": rope_type}
+    return theta, scaling
