@@ -213,3 +213,14 @@ def rope_from_hf(d: dict) -> tuple[float, dict | None]:
             raise CtxlabError(f"unsupported rope_type {rope_type!r}; supported: {', '.join(ROPE_TYPES)}")
         scaling = {**scaling, "rope_type": rope_type}
     return theta, scaling
+
+
+def apply_rope_interleaved(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Interleaved (complex-pair, Meta/Llama 4) RoPE: channels (2i, 2i+1) form one pair rotated by angle i.
+
+    x (B, n, T, hd); cos/sin (B, 1, T, hd/2). Rotates in fp32 and casts back, as HF's complex multiply does."""
+    xf = x.float().unflatten(-1, (-1, 2))  # (B, n, T, hd/2, 2)
+    x0, x1 = xf.unbind(-1)  # (B, n, T, hd/2) each
+    c, s = cos.float(), sin.float()
+    out = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1)  # (B, n, T, hd/2, 2)
+    return out.flatten(-2).to(x.dtype)  # (B, n, T, hd)

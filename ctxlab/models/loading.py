@@ -83,7 +83,9 @@ def resolve_model_path(model: str | os.PathLike) -> Path:
     try:
         return Path(snapshot_download(str(model), allow_patterns=patterns))
     except Exception as e:  # noqa: BLE001 - network / auth / missing repo: one line for the user
-        raise CtxlabError(f"cannot fetch {model} from the hub and it is not cached ({type(e).__name__})") from None
+        raise CtxlabError(
+            f"{model} is not in the local Hugging Face cache and could not be downloaded ({type(e).__name__})"
+        ) from None
 
 
 def read_json(path: Path) -> dict:

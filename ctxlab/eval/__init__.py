@@ -1,0 +1,1 @@
+"""Evaluation harness: metric registry (`metrics`) and data-card rendering (`cards`)."""

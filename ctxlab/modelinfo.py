@@ -1,0 +1,73 @@
+"""What `ctxlab info` and model cards report: computed shape facts next to the publisher's facts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ctxlab.models import model_class
+from ctxlab.models.loading import build_config, read_hf_config, resolve_model_path, weight_files
+from ctxlab.presets import License, license_from_readme, preset_for
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    """Total, embedding (input embedding + untied head) and, for MoE models, active parameters."""
+    total = sum(p.numel() for p in model.parameters())
+    emb = model.tok_emb.weight.numel()
+    head = getattr(model, "lm_head", None)
+    if head is not None:
+        emb += head.weight.numel()
+    counts = {"total": total, "non_embedding": total - emb}
+    active = getattr(model, "active_parameters", None)
+    if callable(active):
+        counts["active"] = int(active())
+    return counts
+
+
+def model_license(path: Path, hub_id: str | None) -> License | None:
+    preset = preset_for(hub_id)
+    if preset is not None:
+        return preset.license
+    readme = path / "README.md"
+    return license_from_readme(readme.read_text(errors="replace")) if readme.exists() else None
+
+
+def model_info(model: str | os.PathLike) -> dict[str, Any]:
+    """Facts about a checkpoint computed from its config on the meta device (no weights are read)."""
+    path = resolve_model_path(model)
+    hub_id = None if Path(str(model)).expanduser().exists() else str(model)
+    hf = read_hf_config(path)
+    cfg = build_config(hf)
+    with torch.device("meta"):
+        m = model_class(hf.get("model_type"))(cfg)
+    counts = parameter_counts(m)
+    files = weight_files(path)
+    lic = model_license(path, hub_id)
+    preset = preset_for(hub_id)
+    facts: dict[str, Any] = {
+        "path": str(path),
+        "family": cfg.model_type,
+        "architecture": cfg.architecture,
+        "layers": getattr(cfg, "num_layers", None),
+        "hidden_size": cfg.hidden_size,
+        "heads": getattr(cfg, "num_heads", None),
+        "kv_heads": getattr(cfg, "num_kv_heads", None),
+        "head_dim": getattr(cfg, "head_dim", None),
+        "vocab_size": cfg.vocab_size,
+        "parameters": counts["total"],
+        "non_embedding_parameters": counts["non_embedding"],
+        "context_length": m.max_context,
+        "dtype": getattr(cfg, "torch_dtype", None),
+        "weight_files": len(files),
+        "weight_bytes": sum(f.stat().st_size for f in files),
+        "license": lic.name if lic else "unknown (no README licence field, not a known preset)",
+    }
+    if "active" in counts:
+        facts["active_parameters"] = counts["active"]
+    if preset is not None:
+        facts["published_parameters"] = preset.params
+        facts["published_context"] = preset.context
+    return facts
