@@ -71,3 +71,46 @@ def model_info(model: str | os.PathLike) -> dict[str, Any]:
         facts["published_parameters"] = preset.params
         facts["published_context"] = preset.context
     return facts
+
+
+def model_card(model: str, fmt: str = "md") -> str:
+    """A model card: the publisher's facts for a known preset (no download needed) and, when the checkpoint is
+    available locally, the facts computed from its config."""
+    import html
+    import json
+
+    from ctxlab.errors import CtxlabError
+    from ctxlab.presets import PRESETS
+
+    if fmt not in ("md", "html", "json"):
+        raise CtxlabError(f"unknown card format {fmt!r}; choose from md, html, json")
+    preset = PRESETS.get(model)
+    card: dict[str, Any] = {"model": model}
+    if preset is not None:
+        card.update({
+            "family": preset.family,
+            "published_parameters": preset.params,
+            "published_active_parameters": preset.active_params or "dense (all parameters active)",
+            "published_context": preset.context,
+            "license": preset.license.name,
+            "license_url": preset.license.url,
+            "attribution": preset.license.attribution or "",
+            "derived_name_rule": f"must begin with {preset.license.required_name_prefix!r}"
+            if preset.license.required_name_prefix else "none",
+            "source": preset.source,
+        })
+    try:
+        computed = model_info(model)
+    except CtxlabError:
+        if preset is None:
+            known = ", ".join(sorted(PRESETS))
+            raise CtxlabError(f"{model!r} is neither a local checkpoint nor a known preset ({known})") from None
+        computed = {}
+    card.update({f"computed_{k}" if k in card else k: v for k, v in computed.items()})
+    if fmt == "json":
+        return json.dumps(card, indent=2)
+    rows = [(k.replace("_", " "), str(v)) for k, v in card.items() if k != "model"]
+    if fmt == "md":
+        return "\n".join([f"# {model}", "", "| fact | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return f"<h1>{html.escape(model)}</h1>\n<table>{body}</table>"

@@ -24,7 +24,8 @@ LLAMA2 = License(
     "Llama 2 Community License Agreement", "https://ai.meta.com/llama/license/", None, "Built with Llama"
 )
 LLAMA3 = License(
-    "Llama 3 Community License Agreement", "https://www.llama.com/llama3/license/", "Llama", "Built with Meta Llama 3"
+    "Meta Llama 3 Community License Agreement", "https://www.llama.com/llama3/license/", "Llama 3",
+    "Built with Meta Llama 3",
 )
 LLAMA31 = License(
     "Llama 3.1 Community License Agreement", "https://www.llama.com/llama3_1/license/", "Llama", "Built with Llama"

@@ -266,9 +266,18 @@ def save_model(
     out_dir: str | os.PathLike,
     source_dir: str | os.PathLike | None = None,
     max_shard_bytes: int = 4 << 30,
+    name: str | None = None,
 ) -> Path:
-    """Write an HF-format directory (config.json, safetensors shards + index, generation/tokenizer files)."""
+    """Write an HF-format directory (config.json, safetensors shards + index, generation/tokenizer files).
+
+    With `source_dir` (the checkpoint this model derives from) the source licence's redistribution terms apply:
+    the model's `name` (default: the directory name) is checked before anything is written, and the licence
+    files and a model card with the required attribution are written next to the weights."""
+    from ctxlab.licensing import check_export, write_export_terms
+
     out = Path(out_dir)
+    src = Path(source_dir) if source_dir else None
+    lic = check_export(out, src, name)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous().cpu() for k, v in hf_state_dict(model).items()}
     shards: list[dict[str, torch.Tensor]] = [{}]
@@ -296,11 +305,12 @@ def save_model(
     hf_cfg = model.cfg.to_hf_config()
     hf_cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
     (out / "config.json").write_text(json.dumps(hf_cfg, indent=2))
-    src = Path(source_dir) if source_dir else None
     if src is not None:
-        for name in (*TOKENIZER_FILES, "generation_config.json"):
-            if (src / name).exists() and (src / name).resolve() != (out / name).resolve():
-                shutil.copyfile(src / name, out / name)
+        for fname in (*TOKENIZER_FILES, "generation_config.json"):
+            if (src / fname).exists() and (src / fname).resolve() != (out / fname).resolve():
+                shutil.copyfile(src / fname, out / fname)
+        n_params = sum(t.numel() for t in tensors.values())
+        write_export_terms(out, src, lic, name, {"parameters": f"{n_params:,}", "dtype": hf_cfg["torch_dtype"]})
     if not (out / "generation_config.json").exists():
         gen = {k: hf_cfg.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id") if hf_cfg.get(k) is not None}
         (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
