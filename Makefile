@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# Interim main job until `ctxlab demo` lands: build a small checkpoint, then inspect it and generate from it.
 demo: $(STAMP)
-	$(BIN)/python -m ctxlab.demo_checkpoint
+	@echo "ctxlab demo (interim): building a tiny Qwen3-architecture checkpoint, then ctxlab info + generate"
+	$(BIN)/python -m ctxlab.scratch demo_out/tiny
+	$(BIN)/ctxlab info demo_out/tiny
+	$(BIN)/ctxlab generate demo_out/tiny --prompt "The key is 7f3a and the value is" --max-new-tokens 24
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q

@@ -126,3 +126,9 @@ def init_weights(model: torch.nn.Module, seed: int = 0, std: float = 0.02) -> No
                 p.copy_(torch.randn(p.shape, generator=g) * std)
             elif name.endswith("bias"):
                 p.zero_()
+
+
+if __name__ == "__main__":  # `python -m ctxlab.scratch OUT_DIR`: a tiny random checkpoint for smoke runs
+    import sys
+
+    print(build_checkpoint(sys.argv[1] if len(sys.argv) > 1 else "demo_out/tiny"))
