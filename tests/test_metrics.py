@@ -42,7 +42,8 @@ def test_unknown_metric_lists_valid_names():
 
 def test_metric_flags():
     assert all(m.higher_is_better for m in METRICS.values())
-    assert {n for n, m in METRICS.items() if m.corpus} == {"bleu", "bleu_zh", "rouge_geo"}
+    corpus = {"bleu", "bleu_zh", "rouge_geo", "api_exact_match", "api_arg_f1"}
+    assert {n for n, m in METRICS.items() if m.corpus} == corpus
 
 
 def test_unicode_tokenizer_matches_default_on_ascii():

@@ -89,7 +89,7 @@ def test_exact_match_and_f1_known_values():
 
 def test_qa_scores_keys():
     s = qa_scores("the Panthers", ["Panthers"], "en")
-    assert set(s) == set(METRICS) and s["em"] == 1.0 and s["squad_em"] == 1.0
+    assert set(s) == set(METRICS) and s["mlqa_em"] == 1.0 and s["exact_match"] == 1.0
 
 
 # ------------------------------------------------------------------------------------------- loader
@@ -211,7 +211,7 @@ def test_task_prompt_parse_score():
     assert task.parse("\n  die Schweiz und Frankreich \nQuestion: next") == "die Schweiz und Frankreich"
     assert task.parse("  \n") == ""
     scores = task.score(task.parse(" Schweiz und Frankreich."), s)
-    assert scores == {"em": 1.0, "f1": 1.0, "squad_em": 0.0, "squad_f1": pytest.approx(6 / 7)}
+    assert scores == {"mlqa_em": 1.0, "mlqa_f1": 1.0, "exact_match": 0.0, "f1": pytest.approx(6 / 7)}
 
 
 def test_other_language_file_via_data_dir(tmp_path):

@@ -372,6 +372,25 @@ def make_bleu(name: str, tokenize: str) -> Metric:
     return Metric(name, True, f"sacrebleu corpus BLEU, tokenize={tokenize}", sample, combine, corpus=True)
 
 
+def _mlqa(pred: Any, refs: list[Any], em: bool) -> float:
+    from ctxlab.tasks.xquad import exact_match, f1_score
+
+    fn = exact_match if em else f1_score
+    return fn(_text(pred), [_text(r) for r in refs], "xx")
+
+
+def _ticket_metrics() -> list[Metric]:
+    """TicketTalk's API-call metrics: per-sample count tuples, corpus aggregates (ctxlab/apps/tickets/metrics.py)."""
+    from ctxlab.apps.tickets.metrics import METRIC_SPECS
+
+    out = []
+    for name in ("api_exact_match", "api_arg_f1"):
+        desc, sample_fn, combine = METRIC_SPECS[name]
+        out.append(Metric(name, True, desc, lambda p, r, f=sample_fn: f(p, r),
+                          lambda arr, c=combine: float(c([tuple(row) for row in arr])), corpus=True))
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Registry
 # ----------------------------------------------------------------------------------------------------------------
@@ -397,6 +416,11 @@ _ALL = [
     Metric("concordance_index", True, "ZeroSCROLLS BookSumSort: C-index of the predicted order", _concordance_index),
     make_bleu("bleu", "13a"),
     make_bleu("bleu_zh", "zh"),
+    Metric("mlqa_em", True, "MLQA-normalised exact match (language-aware; XQuAD scores it with the sample's "
+           "language, standalone use assumes no article list)", lambda p, r: _mlqa(p, r, em=True)),
+    Metric("mlqa_f1", True, "MLQA-normalised token F1 (language-aware, CJK split per character)",
+           lambda p, r: _mlqa(p, r, em=False)),
+    *_ticket_metrics(),
 ]
 
 METRICS: Mapping[str, Metric] = MappingProxyType({m.name: m for m in _ALL})

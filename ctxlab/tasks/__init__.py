@@ -10,16 +10,14 @@ from ctxlab.tasks.base import Task, TaskRegistry
 
 
 def _families() -> list[list[Task]]:
-    from ctxlab.tasks import longbench_v2, sandbox, xquad, zeroscrolls
+    from ctxlab.tasks import longbench_v2, sandbox, tickettalk, xquad, zeroscrolls
 
-    # Enable once ctxlab/tasks/tickettalk.py exists (owned by another developer):
-    # from ctxlab.tasks import tickettalk
     return [
         longbench_v2.TASKS,
         zeroscrolls.TASKS,
         sandbox.TASKS,
         xquad.TASKS,
-        # tickettalk.TASKS,
+        tickettalk.TASKS,
     ]
 
 

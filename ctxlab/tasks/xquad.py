@@ -13,7 +13,7 @@ Scoring. Two normalisers are provided and every sample reports both:
   Extension (not in MLQA, which raises on other languages): any other language code (el, ru, tr, th, ro, ...)
   gets whitespace tokenisation and no article removal. We deliberately add no article lists of our own
   (e.g. Greek) so that numbers stay comparable with the official script where it is defined.
-- `squad_em`/`squad_f1`: the English SQuAD v1.1 normaliser for every language — XQuAD's official protocol
+- `exact_match`/`f1`: the English SQuAD v1.1 normaliser for every language — XQuAD's official protocol
   (ASCII punctuation, English articles, whitespace tokens; zh answers are then mostly one token).
 Per-sample values are in [0, 1] (max over gold answers); reports conventionally show means × 100.
 """
@@ -36,7 +36,7 @@ from ctxlab.tasks.base import DataCard, Sample, Task
 
 XQUAD_LANGS = ("ar", "de", "el", "en", "es", "hi", "ru", "tr", "vi", "zh")  # shipped in ../shared/data/xquad
 MLQA_LANGS = ("en", "es", "hi", "vi", "de", "ar", "zh")  # languages the official MLQA script defines
-METRICS = ("em", "f1", "squad_em", "squad_f1")
+METRICS = ("mlqa_em", "mlqa_f1", "exact_match", "f1")
 SCHEMES = ("mlqa", "squad")
 
 _ARTICLES = {
@@ -136,10 +136,10 @@ def f1_score(prediction: str, golds: Sequence[str] | str, lang: str, *, scheme: 
 def qa_scores(prediction: str, golds: Sequence[str] | str, lang: str) -> dict[str, float]:
     """All four per-sample metrics (see module docstring)."""
     return {
-        "em": exact_match(prediction, golds, lang),
-        "f1": f1_score(prediction, golds, lang),
-        "squad_em": exact_match(prediction, golds, lang, scheme="squad"),
-        "squad_f1": f1_score(prediction, golds, lang, scheme="squad"),
+        "mlqa_em": exact_match(prediction, golds, lang),
+        "mlqa_f1": f1_score(prediction, golds, lang),
+        "exact_match": exact_match(prediction, golds, lang, scheme="squad"),
+        "f1": f1_score(prediction, golds, lang, scheme="squad"),
     }
 
 
@@ -349,8 +349,8 @@ _CARD = DataCard(
     gem={
         "rationale": "Multilingual, parallel, small: a cheap probe of multilingual reading comprehension.",
         "modifications": "None to the data. Answers are generated (prompt: Context/Question/Answer:) and scored by "
-                         "MLQA-normalised EM/F1 (em, f1) plus the official English SQuAD normaliser (squad_em, "
-                         "squad_f1).",
+                         "MLQA-normalised EM/F1 (mlqa_em, mlqa_f1) plus the official English SQuAD normaliser "
+                         "(exact_match, f1).",
         "getting_started": "ctxlab task xquad:LANG; data dir defaults to ../shared/data/xquad.",
     },
     results={
