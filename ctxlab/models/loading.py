@@ -63,7 +63,12 @@ class Loaded:
 
 
 def resolve_model_path(model: str | os.PathLike) -> Path:
-    """A local checkpoint directory, or a hub id resolved through huggingface_hub (cache first, then network)."""
+    """A local checkpoint directory, the name `bundled` (the sandbox model shipped with ctxlab), or a hub id
+    resolved through huggingface_hub (cache first, then network)."""
+    if str(model) == "bundled" and not Path("bundled").exists():
+        from ctxlab.assets import bundled_path
+
+        return bundled_path()
     p = Path(model).expanduser()
     if p.exists():
         if not p.is_dir():
