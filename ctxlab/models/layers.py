@@ -170,10 +170,26 @@ def build_mask(
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float | None) -> Tensor:
     """SDPA over q (B, nh, T, hd) and k/v (B, nkv, S, hd) with grouped-query heads; returns (B, nh, T, hd)."""
+    if q.shape[2] == 1 and not causal and q.device.type == "cpu":
+        return _attend_one(q, k, v, mask, scale)
     gqa = q.shape[1] != k.shape[1]
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale, enable_gqa=gqa
     )
+
+
+def _attend_one(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None) -> Tensor:
+    """One query token per row (decoding) on the CPU: two small batched matmuls. The fused SDPA kernel opens a
+    parallel region per call, which costs more than the whole computation at T = 1 (and stalls on busy cores)."""
+    B, nh, _, hd = q.shape
+    nkv, S = k.shape[1], k.shape[2]
+    g = nh // nkv
+    qg = q.reshape(B, nkv, g, hd)  # (B, nkv, g, hd): the g query heads sharing each kv head
+    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * (scale if scale is not None else hd**-0.5)  # (B,nkv,g,S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask.reshape(-1, 1, 1, S), float("-inf"))  # mask (B or 1, 1, 1, S)
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    return torch.matmul(probs, v).reshape(B, nh, 1, hd)  # (B, nkv, g, hd) → (B, nh, 1, hd)
 
 
 def cached_attention(
