@@ -97,6 +97,20 @@ def ttt(
                 device=device)
 
 
+@app.command()
+def train(
+    kind: Annotated[str, typer.Argument(help="pretrain, sft or dpo")],
+    config: Annotated[Path, typer.Option(help="TOML or JSON training config (see configs/)")],
+    resume: Annotated[bool, typer.Option(help="continue from the last checkpoint in the config's out_dir")] = False,
+) -> None:
+    """Train on the one loop: pretraining, supervised fine-tuning or DPO, with HF-format checkpoints."""
+    from ctxlab.train.cli import train_cli
+
+    if kind not in ("pretrain", "sft", "dpo"):
+        raise CtxlabError(f"unknown training kind {kind!r}; choose from pretrain, sft, dpo")
+    train_cli(kind, config, resume)
+
+
 @app.command("eval")
 def eval_cmd(
     model: Annotated[str, typer.Argument(help="checkpoint dir / hub id (native, hf) or served model name (openai, "
@@ -221,6 +235,37 @@ def synth_qa(
                  roundtrip=roundtrip, qa_model=qa_model, temperature=temperature, top_p=top_p, seed=seed, lang=lang,
                  max_new_tokens=max_new_tokens, qa_max_new_tokens=qa_max_new_tokens, batch_size=batch_size,
                  data_dir=data_dir, dtype=dtype, device=device)
+
+
+@app.command()
+def demo(
+    model: Annotated[str, typer.Option(help="'bundled' (the packaged sandbox model), a checkpoint dir or hub id")]
+    = "bundled",
+    tasks: Annotated[str, typer.Option(help="comma-separated sandbox tasks: kv, bank, code")] = "kv,bank,code",
+    lengths: Annotated[str | None, typer.Option(help="comma-separated prompt lengths in tokens (default "
+                                                     "256,512,1024,2048,4096; --quick: 256,1024)")] = None,
+    n: Annotated[int | None, typer.Option(help="examples per task and length (default 12; --quick: 6)")] = None,
+    strategies: Annotated[str, typer.Option(help="comma-separated: in-context, thinking, qttt")]
+    = "in-context,thinking,qttt",
+    think_budget: Annotated[int | None, typer.Option(help="thinking tokens at most; qTTT steps are FLOP-matched to "
+                                                          "it (default 256; --quick: 128)")] = None,
+    qttt_steps: Annotated[int | None, typer.Option(help="fixed qTTT steps; alone, the thinking budget is matched "
+                                                        "to them instead")] = None,
+    qttt_span: Annotated[int | None, typer.Option(help="qTTT span k in tokens (default 32)")] = None,
+    qttt_lr: Annotated[float | None, typer.Option(help="qTTT AdamW learning rate on W_Q")] = None,
+    max_answer_tokens: Annotated[int | None, typer.Option(help="answer tokens after 'Final:' (default 24)")] = None,
+    seed: Annotated[int, typer.Option(help="first example seed (seeds seed..seed+n-1 at every length)")] = 0,
+    out_dir: Annotated[str, typer.Option(help="results.json, table.md and demo.png go here")] = "demo_out",
+    quick: Annotated[bool, typer.Option(help="a ~1-minute run: 2 lengths, fewer examples, smaller budget")] = False,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default 1: steady on shared machines)")]
+    = None,
+) -> None:
+    """The long-context sandbox demo: accuracy and evidence attention of in-context answering, thinking and qTTT
+    at matched compute as the context grows."""
+    from ctxlab.demo import demo_cli
+
+    demo_cli(model, tasks, lengths, n, strategies, think_budget, qttt_steps, qttt_span, qttt_lr, seed, out_dir,
+             quick, max_answer_tokens=max_answer_tokens, threads=threads)
 
 
 def main() -> None:
