@@ -194,7 +194,7 @@ def test_dpo_jsonl_rows(ckpt, tmp_path):
     batch = PairDataset([pair], tok.pad_id).batch([0])
     assert batch["ids"].shape[0] == 2 and batch["mask"][0].sum() == len(pair.chosen)
     path.write_text(json.dumps({"prompt": "Q:", "chosen": " yes"}) + "\n")
-    with pytest.raises(CtxlabError, match="dpo.jsonl:1: needs string fields prompt, chosen, rejected"):
+    with pytest.raises(CtxlabError, match="dpo.jsonl: row 1: needs string fields prompt, chosen, rejected"):
         dpo_pairs(path, tok, 64)
 
 

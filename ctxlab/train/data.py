@@ -272,22 +272,16 @@ def build_pretrain_data(data: DataSection, tok: Tokenizer, tokenizer_dir: Path, 
 
 
 def read_jsonl(path: Path, fields: tuple[str, ...]) -> list[dict[str, str]]:
+    """Rows of a JSONL file that must each hold the string `fields` (errors name the file and line)."""
+    from ctxlab.tasks.rows import read_jsonl as read_rows
+
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CtxlabError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise CtxlabError(f"{path}:{n}: each line must be a JSON object")
-            missing = [k for k in fields if not isinstance(row.get(k), str)]
-            if missing:
-                raise CtxlabError(f"{path}:{n}: needs string fields {', '.join(fields)} (missing or not a "
-                                  f"string: {', '.join(missing)})")
-            rows.append(row)
+    for n, row in read_rows(path):
+        missing = [k for k in fields if not isinstance(row.get(k), str)]
+        if missing:
+            raise CtxlabError(f"{path}: row {n}: needs string fields {', '.join(fields)} (missing or not a "
+                              f"string: {', '.join(missing)})")
+        rows.append(row)
     if not rows:
         raise CtxlabError(f"{path} holds no rows")
     return rows
