@@ -46,12 +46,37 @@ DEFAULT_CORPUS = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> object:
-    """A byte-level BPE tokenizer (GPT-2/Qwen style pre-tokenisation) with ChatML special tokens."""
+# Pre-tokenisation before byte-level BPE. "bytelevel": GPT-2's regex. "digits": numbers split into single digits
+# first (as Qwen does). "chunks": GPT-2's regex, but a dash stays attached to the word after it and numbers split into
+# groups of up to 3 digits (as Llama 3 does), so dash-joined keys (amber-falcon-river) and numbers become few,
+# distinctive tokens that a tiny model can copy by plain induction (one token of context) instead of matching
+# several ambiguous tokens ("-", single digits) at once.
+PRETOKENIZERS = ("bytelevel", "digits", "chunks")
+_CHUNKS = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|-\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+
+
+def _pre_tokenizer(kind: str):
+    from tokenizers import Regex, pre_tokenizers
+
+    if kind == "bytelevel":
+        return pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if kind == "digits":
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    if kind == "chunks":
+        return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_CHUNKS), behavior="isolated"),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    raise ValueError(f"unknown pre-tokenizer {kind!r}; valid: {', '.join(PRETOKENIZERS)}")
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, individual_digits: bool = False,
+                    pretokenizer: str | None = None) -> object:
+    """A byte-level BPE tokenizer with ChatML special tokens; `pretokenizer` is one of PRETOKENIZERS (default
+    "bytelevel", or "digits" when `individual_digits`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = _pre_tokenizer(pretokenizer or ("digits" if individual_digits else "bytelevel"))
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -101,13 +126,15 @@ def scratch_hf_config(vocab_size: int, size: str = "tiny", max_len: int = 4096, 
 
 
 def build_checkpoint(out: str | Path, texts: Iterable[str] = (DEFAULT_CORPUS,), size: str = "tiny",
-                     vocab_size: int = 512, max_len: int = 4096, seed: int = 0) -> Path:
-    """Train a tokenizer on `texts`, initialise a Qwen3-architecture model and save both in HF format."""
+                     vocab_size: int = 512, max_len: int = 4096, seed: int = 0, individual_digits: bool = False,
+                     pretokenizer: str | None = None, **overrides) -> Path:
+    """Train a tokenizer on `texts`, initialise a Qwen3-architecture model and save both in HF format.
+    `overrides` are HF config keys replacing the size preset's (e.g. num_hidden_layers=6)."""
     out = Path(out)
-    tok = train_tokenizer(texts, vocab_size)
+    tok = train_tokenizer(texts, vocab_size, individual_digits, pretokenizer)
     write_tokenizer(tok, out, max_len)
     eos = [tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")]
-    hf = scratch_hf_config(tok.get_vocab_size(), size, max_len, eos)
+    hf = scratch_hf_config(tok.get_vocab_size(), size, max_len, eos, **overrides)
     cls = model_class("qwen3")
     torch.manual_seed(seed)
     model = cls(cls.config_cls.from_hf_config(hf))
