@@ -102,7 +102,10 @@ def bench_one(name: str, path: Path, prefill_len: int, new_tokens: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter runs (512-token prefill, 64 new tokens)")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     prefill_len, new_tokens = (512, 64) if args.quick else (2048, 256)
     limits = machine_limits()
     print("machine:", limits)
@@ -123,7 +126,8 @@ def main() -> None:
                         f"prefill ceiling ≈ {prefill_ceiling:.0f} tok/s (matmul GFLOP/s / 2·params, "
                         "attention excluded)")
     body = (
-        f"Command: `.venv/bin/python bench/bench_core.py{' --quick' if args.quick else ''}` "
+        f"Command: `.venv/bin/python bench/bench_core.py{' --quick' if args.quick else ''}"
+        f"{f' --threads {args.threads}' if args.threads else ''}` "
         f"(fp32, CPU, batch 1, prefill {prefill_len} tokens, greedy decode of {new_tokens} new tokens after a "
         f"16-token prompt; best of repeats; ratios = transformers time / ctxlab time).\n\n"
         f"Machine: {limits}\n\n" + table(rows, cols) + "\n\nCeilings from the measured machine limits:\n"
