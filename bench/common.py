@@ -35,7 +35,7 @@ def machine_limits() -> dict[str, float | str | int]:
     a, b = torch.randn(n, n), torch.randn(n, n)
     t = best_of(lambda: torch.mm(a, b), repeat=5)
     gflops = 2 * n**3 / t / 1e9
-    x = torch.empty(64 * 1024 * 1024 // 4)  # 64 MB
+    x = torch.ones(512 * 1024 * 1024 // 4)  # 512 MB: far larger than any last-level cache
     y = torch.empty_like(x)
     t = best_of(lambda: y.copy_(x), repeat=5)
     bandwidth = 2 * x.numel() * 4 / t / 1e9  # read + write
