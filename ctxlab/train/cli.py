@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -18,7 +19,6 @@ from ctxlab.models.loading import load_model, resolve_model_path, save_model
 from ctxlab.tokenizer import Tokenizer
 from ctxlab.train.config import TrainConfig, load_config
 from ctxlab.train.data import (
-    PackedDataset,
     PaddedDataset,
     PairDataset,
     build_pretrain_data,
@@ -54,7 +54,7 @@ def init_scratch(cfg: TrainConfig, out: Path, console: Console) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     build_checkpoint(tmp, texts, size=m.size, vocab_size=m.vocab_size, max_len=m.max_position_embeddings,
-                     seed=cfg.seed, pretokenizer=m.pretokenizer, **overrides)
+                     seed=cfg.seed, pretokenizer=m.pretokenizer, copy_init=m.copy_init, **overrides)
     tmp.rename(init)
     return init
 
@@ -83,8 +83,11 @@ def train_cli(kind: str, config_path: str | Path, resume: bool = False, console:
     d = cfg.data
     end_id, pad_id = special_ids(tok)
     task_eval = None
+    run_cfg = cfg
     if kind == "pretrain":
-        train_data, eval_data = build_pretrain_data(d, tok, start_dir, out, cfg.seed)
+        train_data, eval_data = build_pretrain_data(d, tok, start_dir, out, cfg.seed, group=cfg.optim.batch_size)
+        if not d.pack:  # an item of the bucketed dataset is a whole micro-batch of optim.batch_size documents
+            run_cfg = replace(cfg, optim=replace(cfg.optim, batch_size=1))
         objective = LMObjective()
         if cfg.eval.task_samples:
             from ctxlab.train.evaluate import make_task_eval
@@ -101,11 +104,11 @@ def train_cli(kind: str, config_path: str | Path, resume: bool = False, console:
         train_data, eval_data = PairDataset(tr, pad_id), PairDataset(ev, pad_id) if ev else None
         objective = DPOObjective(load_model(start_dir, dtype="float32").model, cfg.dpo.beta)
     rows = f"{len(train_data)} train / {len(eval_data) if eval_data else 0} held-out rows"
-    if isinstance(train_data, PackedDataset):
+    if hasattr(train_data, "n_tokens"):
         rows += f", {train_data.n_tokens / 1e6:.2f}M weighted tokens"
     console.log(f"data ready in {time.perf_counter() - t0:.0f}s: {rows}")
 
-    result = train(model, objective, train_data, cfg, eval_data=eval_data, tokenizer_dir=start_dir, resume=resume,
+    result = train(model, objective, train_data, run_cfg, eval_data=eval_data, tokenizer_dir=start_dir, resume=resume,
                    task_eval=task_eval, console=console)
     if cfg.export.dir:
         export(model, tok, cfg, start_dir, result, n_params, train_data, eval_data, console)

@@ -11,8 +11,8 @@ Layout (TOML; every key but those marked required has a default):
     threads = 2                         # torch.set_num_threads
 
     [model]   init = "scratch" | <checkpoint dir or hub id>; scratch only: size, vocab_size, num_layers,
-              max_position_embeddings, pretokenizer, tokenizer_docs
-    [data]    seq_len, heldout (fraction of documents held out for eval loss), jsonl (SFT/DPO file),
+              max_position_embeddings, pretokenizer, tokenizer_docs, copy_init
+    [data]    seq_len, pack, heldout (fraction of documents held out for eval loss), jsonl (SFT/DPO file),
               prompt_weight (SFT: weight of prompt tokens, 0 = completion only)
     [[data.sandbox]]  task, lengths, thinking, count, seed, prompt_weight, target_weight, options
     [[data.text]]     path, weight, repeat
@@ -55,6 +55,7 @@ class ModelSection:
     max_position_embeddings: int = 8192
     pretokenizer: str = "chunks"  # scratch: one of ctxlab.scratch.PRETOKENIZERS (see there)
     tokenizer_docs: int = 3000  # scratch: documents sampled to train the tokenizer
+    copy_init: float = 0.0  # scratch: mimetic copy init of attention value/output maps (ctxlab.scratch), 0 = off
 
     def __post_init__(self) -> None:
         from ctxlab.scratch import PRETOKENIZERS, SIZES
@@ -67,6 +68,7 @@ class ModelSection:
         _check_min("model.vocab_size", self.vocab_size, 300)
         _check_min("model.max_position_embeddings", self.max_position_embeddings, 16)
         _check_min("model.tokenizer_docs", self.tokenizer_docs, 1)
+        _check_min("model.copy_init", self.copy_init, 0.0)
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,9 @@ class RecallSource:
 
 @dataclass(frozen=True)
 class DataSection:
-    seq_len: int = 512  # packed row length (pretraining); longest allowed example (SFT/DPO)
+    seq_len: int = 512  # packed row length (pretraining); longest allowed document / example
+    pack: bool = True  # pretraining: pack documents into rows; false = one document per row (no cross-document
+    #                    attention: retrieval tasks must not find candidates in their neighbours), length-bucketed
     heldout: float = 0.02  # fraction of documents / rows held out for the eval loss
     sandbox: tuple[SandboxSource, ...] = ()
     text: tuple[TextSource, ...] = ()

@@ -242,29 +242,69 @@ class PackedDataset:
         return int((self.weights > 0).sum())
 
 
-def build_pretrain_data(data: DataSection, tok: Tokenizer, tokenizer_dir: Path, cache_dir: Path,
-                        seed: int) -> tuple[PackedDataset, PackedDataset | None]:
-    """Packed train / held-out sets, cached in cache_dir keyed by the data config and tokenizer."""
+class BucketedDataset:
+    """Pretraining without packing: one document per row, so attention never reaches into another document.
+    Documents are sorted by length and cut into fixed groups of `group` rows (little padding); an item is a whole
+    group, so the loop runs with batch_size 1 (group) per micro-batch."""
+
+    def __init__(self, docs: Sequence[Doc], pad_id: int, group: int):
+        order = sorted(range(len(docs)), key=lambda i: (len(docs[i]), i))
+        self.groups = [order[s : s + group] for s in range(0, len(order), group)]
+        self.inner = PaddedDataset(docs, pad_id)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def batch(self, indices: Sequence[int]) -> dict[str, Tensor]:
+        return self.inner.batch([i for g in indices for i in self.groups[g]])
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(sum(1 for w in d.weights if w > 0) for d in self.inner.docs)
+
+
+def _flatten(docs: Sequence[Doc]) -> dict[str, Tensor]:
+    return {"ids": torch.tensor([i for d in docs for i in d.ids], dtype=torch.long),
+            "w": torch.tensor([w for d in docs for w in d.weights], dtype=torch.float32),
+            "len": torch.tensor([len(d) for d in docs], dtype=torch.long)}
+
+
+def _unflatten(blob: dict[str, Tensor]) -> list[Doc]:
+    ids, w, out, s = blob["ids"].tolist(), blob["w"].tolist(), [], 0
+    for n in blob["len"].tolist():
+        out.append(Doc(tuple(ids[s : s + n]), tuple(w[s : s + n])))
+        s += n
+    return out
+
+
+def build_pretrain_data(data: DataSection, tok: Tokenizer, tokenizer_dir: Path, cache_dir: Path, seed: int,
+                        group: int = 1) -> tuple[Dataset, Dataset | None]:
+    """Train / held-out sets (packed rows, or length-bucketed groups of `group` documents when data.pack is false);
+    the tokenized documents are cached in cache_dir keyed by the data config and tokenizer."""
     end_id, pad_id = special_ids(tok)
+    sources = {k: v for k, v in to_plain(data).items() if k not in ("pack", "seq_len")}
     key = hashlib.sha256(json.dumps({
-        "data": to_plain(data), "seed": seed, "python": list(sys.version_info[:2]), "end": end_id, "pad": pad_id,
+        "data": sources, "seq_len": data.seq_len, "seed": seed, "python": list(sys.version_info[:2]),
+        "end": end_id, "pad": pad_id,
         "tokenizer": hashlib.sha256((tokenizer_dir / "tokenizer.json").read_bytes()).hexdigest(),
     }, sort_keys=True).encode()).hexdigest()[:16]
-    cache = cache_dir / f"data-{key}.pt"
+    cache = cache_dir / f"docs-{key}.pt"
     if cache.is_file():
         blob = torch.load(cache, weights_only=True)
+        train_docs, eval_docs = _unflatten(blob["train"]), _unflatten(blob["eval"])
     else:
         train_docs, eval_docs = split_heldout(pretrain_docs(data, tok, end_id), data.heldout, seed)
-        tr, ev = pack(train_docs, data.seq_len, pad_id), pack(eval_docs, data.seq_len, pad_id)
-        blob = {"train_ids": tr[0], "train_w": tr[1], "eval_ids": ev[0], "eval_w": ev[1]}
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
-        torch.save(blob, tmp)
+        torch.save({"train": _flatten(train_docs), "eval": _flatten(eval_docs)}, tmp)
         tmp.replace(cache)
-    train = PackedDataset(blob["train_ids"], blob["train_w"])
-    if len(train) == 0:
+    if not train_docs:
         raise CtxlabError("the training data is empty")
-    ev = PackedDataset(blob["eval_ids"], blob["eval_w"]) if blob["eval_ids"].shape[0] else None
+    if not data.pack:
+        ev_b = BucketedDataset(eval_docs, pad_id, group) if eval_docs else None
+        return BucketedDataset(train_docs, pad_id, group), ev_b
+    train = PackedDataset(*pack(train_docs, data.seq_len, pad_id))
+    ev = PackedDataset(*pack(eval_docs, data.seq_len, pad_id)) if eval_docs else None
     return train, ev
 
 
