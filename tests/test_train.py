@@ -274,10 +274,16 @@ def test_config_files_and_kind_checks(tmp_path):
         config_from_dict({"out_dir": "r"}).check_kind("pretrain")
 
 
-def test_bundled_config_is_valid():
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "bundled.toml")
+def test_bundled_configs_are_valid():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cfg = load_config(root / "bundled.toml")
     cfg.check_kind("pretrain")
     assert cfg.model.max_position_embeddings >= 8192 and {s.task for s in cfg.data.sandbox} == {"bank", "code", "kv"}
+    stage2 = load_config(root / "bundled_stage2.toml")
+    stage2.check_kind("pretrain")
+    assert stage2.model.init == f"{cfg.out_dir}/final" and stage2.export.dir == "ctxlab/assets/bundled"
+    train_seeds = {s.seed for s in cfg.data.sandbox} | {s.seed for s in stage2.data.sandbox}
+    assert min(train_seeds) >= 1_000_000  # disjoint from the evaluation seeds 0, 1, ...
 
 
 def test_chunks_pretokenizer_keeps_dash_words_and_digit_groups():

@@ -111,12 +111,12 @@ def train_cli(kind: str, config_path: str | Path, resume: bool = False, console:
     result = train(model, objective, train_data, run_cfg, eval_data=eval_data, tokenizer_dir=start_dir, resume=resume,
                    task_eval=task_eval, console=console)
     if cfg.export.dir:
-        export(model, tok, cfg, start_dir, result, n_params, train_data, eval_data, console)
+        export(model, tok, cfg, start_dir, result, n_params, train_data, eval_data, console, config_path)
     return result
 
 
 def export(model, tok: Tokenizer, cfg: TrainConfig, tokenizer_dir: Path, result: TrainResult, n_params: int,
-           train_data, eval_data, console: Console) -> Path:
+           train_data, eval_data, console: Console, config_path: str | Path = "FILE") -> Path:
     """Write the final model to export.dir in export.dtype, with the loss curve and (card_samples > 0) a card."""
     from ctxlab.train.evaluate import accuracy_table, format_table, write_model_card
 
@@ -138,20 +138,30 @@ def export(model, tok: Tokenizer, cfg: TrainConfig, tokenizer_dir: Path, result:
         ev = result.eval_rows
         src = cfg.data.sandbox
         run = {
-            "parameters": n_params, "steps": cfg.optim.max_steps, "lr": cfg.optim.lr, "warmup": cfg.optim.warmup_steps,
+            "parameters": n_params, "steps": cfg.optim.max_steps,
+            "command": f"`ctxlab train pretrain --config {config_path}`",
+            "lr": cfg.optim.lr, "warmup": cfg.optim.warmup_steps,
             "min_lr_ratio": cfg.optim.min_lr_ratio, "weight_decay": cfg.optim.weight_decay,
             "batch": cfg.optim.batch_size * cfg.optim.grad_accum, "seq_len": cfg.data.seq_len,
             "lengths": sorted({n for s in src for n in s.lengths}), "examples": sum(s.count for s in src),
             "prompt_weight": src[0].prompt_weight if src else 1.0,
-            "pretokenizer_note": PRETOKENIZER_NOTES.get(cfg.model.pretokenizer, cfg.model.pretokenizer),
-            "train_tokens": hist[-1]["tokens"] if hist else 0, "rows": len(train_data),
-            "eval_rows": len(eval_data) if eval_data else 0, "wall_min": hist[-1]["elapsed"] / 60 if hist else 0,
+            "pretokenizer_note": PRETOKENIZER_NOTES.get(cfg.model.pretokenizer, cfg.model.pretokenizer)
+            if cfg.model.init == "scratch" else f"the tokenizer of {cfg.model.init}",
+            "train_tokens": hist[-1]["tokens"] if hist else 0, "rows": _rows(train_data), "eval_rows": _rows(eval_data),
+            "packed": cfg.data.pack, "wall_min": hist[-1]["elapsed"] / 60 if hist else 0,
             "final_train_loss": sum(r["train_loss"] for r in hist[-20:]) / max(1, len(hist[-20:])),
             "final_eval_loss": ev[-1]["eval_loss"] if ev else float("nan"),
         }
         write_model_card(dest, table=table, n=cfg.export.card_samples, run=run)
         (dest / "eval_results.json").write_text(_scores_json(scores))
     return dest
+
+
+def _rows(data) -> int:
+    """Training rows: documents for a bucketed (unpacked) dataset, packed rows otherwise."""
+    if data is None:
+        return 0
+    return len(data.inner) if hasattr(data, "inner") else len(data)
 
 
 def _scores_json(scores) -> str:

@@ -124,6 +124,8 @@ def write_model_card(out_dir: Path, *, table: str, n: int, run: dict, notes: str
             f"{cfg['rope_theta']:g}, max_position_embeddings {cfg['max_position_embeddings']})")
     tokenizer = (f"its own {cfg['vocab_size']}-token byte-level BPE tokenizer trained with `tokenizers` "
                  f"({run.get('pretokenizer_note', 'GPT-2 pre-tokenisation')})")
+    layout = (f"packed rows of {run.get('seq_len')} tokens" if run.get("packed", True) else
+              "documents, one per row (no packing: attention never crosses into another example), batched by length")
     text = f"""---
 license: apache-2.0
 library_name: ctxlab
@@ -132,9 +134,10 @@ tags: [qwen3, long-context, sandbox, tiny]
 
 # ctxlab bundled sandbox model
 
-A {arch} with {tokenizer}, trained from scratch with `ctxlab train pretrain --config configs/bundled.toml` on the
-ctxlab sandbox tasks. It exists so the long-context demo (in-context vs thinking vs qTTT over a length sweep) runs on
-a CPU in minutes. It is a toy: it knows nothing beyond the three sandbox formats and a little stdlib prose.
+A {arch} with {tokenizer}, trained from scratch with {run.get('command', '`ctxlab train pretrain --config FILE`')}
+on the ctxlab sandbox tasks. It exists so the long-context demo (in-context vs thinking vs qTTT over a length
+sweep) runs on a CPU in minutes. It is a toy: it knows nothing beyond the three sandbox formats and a little
+stdlib prose.
 
 ## Data
 
@@ -147,13 +150,13 @@ a CPU in minutes. It is a toy: it knows nothing beyond the three sandbox formats
   tokens (scratchpad, answer, end token) 1.0. The prompt term still teaches the formats (key lists, ledgers, code),
   the target term carries most of the task signal.
 - A little natural text: docstrings of Python standard-library modules (not the code task's modules), weight 1.0.
-- {run.get('rows')} packed rows of {run.get('seq_len')} tokens ({run.get('eval_rows')} rows held out).
+- {run.get('rows')} {layout} ({run.get('eval_rows')} held out).
 
 ## Training
 
 {run.get('steps')} AdamW steps (peak LR {run.get('lr')}, {run.get('warmup')} warmup steps, cosine decay to
 {run.get('min_lr_ratio')} x peak, weight decay {run.get('weight_decay')}, gradient clipping 1.0), {run.get('batch')}
-rows x {run.get('seq_len')} tokens per step ({run.get('train_tokens', 0) / 1e6:.1f}M tokens seen), bfloat16 autocast
+rows per step ({run.get('train_tokens', 0) / 1e6:.1f}M tokens seen), bfloat16 autocast
 on CPU, {run.get('wall_min', 0):.0f} minutes on one thread of a shared 2-core machine.
 Final train loss {run.get('final_train_loss', nan):.3f} (mean of the last 20 steps), held-out loss
 {run.get('final_eval_loss', nan):.3f} (both weighted as in training). Curve: `loss.csv`.
