@@ -552,28 +552,11 @@ class Runner:
 
 
 def make_example(task: str, seed: int, length: int, tok):
-    """The task's example of `length` prompt tokens (this tokenizer), else its closest (tolerance=None)."""
-    from ctxlab.tasks.sandbox import GENERATORS
+    """The task's example of `length` prompt tokens (this tokenizer), else its closest (see `example_near`)."""
+    from ctxlab.tasks.sandbox import example_near
 
-    try:
-        ex = GENERATORS[task](seed, length, count_tokens=tok.count_tokens)
-    except CtxlabError:
-        ex = GENERATORS[task](seed, length, count_tokens=tok.count_tokens, tolerance=None)
+    ex = example_near(task, seed, length, tok.count_tokens)
     return replace(ex, meta={**ex.meta, "target_tokens": length})
-
-
-def chance_level(task: str, examples: Sequence) -> float:
-    """Mean 1/#candidates shown: kv = listed values; bank = 4 anomaly types × ledger lines; code = shown lines."""
-    inv = []
-    for ex in examples:
-        if task == "kv":
-            k = ex.meta["n_pairs"]
-        elif task == "bank":
-            k = 4 * ex.meta.get("n_ops", 1)
-        else:
-            k = max(1, sum(1 for line in ex.context.splitlines() if "|" in line))
-        inv.append(1.0 / k)
-    return sum(inv) / max(1, len(inv))
 
 
 # ------------------------------------------------------------------------------------------------ entry point
@@ -628,6 +611,7 @@ def _run(cfg: DemoConfig, path: Path | str, console) -> DemoResult:
 
     from ctxlab.eval.results import environment
     from ctxlab.models.loading import load_model
+    from ctxlab.tasks.sandbox import chance_level
     from ctxlab.tokenizer import Tokenizer
 
     t_start = time.perf_counter()

@@ -16,7 +16,7 @@ from torch import nn
 
 from ctxlab.engine import SamplingParams, generate
 from ctxlab.errors import CtxlabError
-from ctxlab.tasks.sandbox import GENERATORS, SCORERS, render_prompt
+from ctxlab.tasks.sandbox import SCORERS, chance_level, example_near, render_prompt
 from ctxlab.tokenizer import Tokenizer
 
 TASKS = ("bank", "code", "kv")
@@ -35,31 +35,8 @@ class TaskScore:
 
 
 def eval_examples(task: str, n_tokens: int, n: int, tok: Tokenizer, seed: int = 0) -> list:
-    """n held-out examples (seeds seed, seed+1, ...); falls back to the closest length where a seed cannot be
-    built within 5% (very short bank logs)."""
-    out = []
-    for s in range(seed, seed + n):
-        try:
-            ex = GENERATORS[task](s, n_tokens, count_tokens=tok.count_tokens)
-        except CtxlabError:
-            ex = GENERATORS[task](s, n_tokens, count_tokens=tok.count_tokens, tolerance=None)
-        out.append(ex)
-    return out
-
-
-def chance_level(task: str, examples: Sequence) -> float:
-    """Mean 1/#candidates: kv = values listed, bank = 4 types x TX lines, code = shown lines of the bug's file."""
-    inv = []
-    for ex in examples:
-        if task == "kv":
-            k = ex.meta["n_pairs"]
-        elif task == "bank":
-            k = 4 * ex.meta["n_ops"]
-        else:
-            first = ex.context.split("\n--- ")[1] if "\n--- " in ex.context else ex.context
-            k = max(1, sum(1 for line in first.splitlines()[1:] if "|" in line))
-        inv.append(1.0 / k)
-    return sum(inv) / max(1, len(inv))
+    """n held-out examples (seeds seed, seed+1, ...) of about n_tokens prompt tokens (see `example_near`)."""
+    return [example_near(task, s, n_tokens, tok.count_tokens) for s in range(seed, seed + n)]
 
 
 def sandbox_accuracy(model: nn.Module, tok: Tokenizer, task: str, n_tokens: int, n: int = 50, *, seed: int = 0,

@@ -27,12 +27,21 @@ from ctxlab.tasks.sandbox.common import (
 from ctxlab.tasks.sandbox.kv import generate as generate_kv
 from ctxlab.tasks.sandbox.kv import parse_answer as parse_kv
 from ctxlab.tasks.sandbox.kv import score as score_kv
-from ctxlab.tasks.sandbox.tasks import GENERATORS, PARSERS, TASKS, SandboxTask, make_task
+from ctxlab.tasks.sandbox.tasks import (
+    GENERATORS,
+    PARSERS,
+    TASKS,
+    SandboxTask,
+    chance_level,
+    example_near,
+    make_task,
+)
 
 SCORERS = {"bank": score_bank, "code": score_code, "kv": score_kv}
 
 __all__ = [
-    "FINAL_MARKER", "GENERATORS", "PARSERS", "SCORERS", "TASKS", "SandboxExample", "SandboxTask", "approx_count_tokens",
-    "check_log", "format_prompt", "generate_bank", "generate_code", "generate_kv", "make_task", "parse_bank",
-    "parse_code", "parse_kv", "render_prompt", "render_target", "score_bank", "score_code", "score_kv",
+    "FINAL_MARKER", "GENERATORS", "PARSERS", "SCORERS", "TASKS", "SandboxExample", "SandboxTask",
+    "approx_count_tokens", "chance_level", "check_log", "example_near", "format_prompt", "generate_bank",
+    "generate_code", "generate_kv", "make_task", "parse_bank", "parse_code", "parse_kv", "render_prompt",
+    "render_target", "score_bank", "score_code", "score_kv",
 ]

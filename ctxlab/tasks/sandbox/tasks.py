@@ -18,6 +18,33 @@ from ctxlab.tasks.sandbox import bank, code, kv
 from ctxlab.tasks.sandbox.common import SandboxExample, approx_count_tokens, format_prompt
 
 GENERATORS: dict[str, Callable[..., SandboxExample]] = {"bank": bank.generate, "code": code.generate, "kv": kv.generate}
+
+
+def example_near(task: str, seed: int, n_tokens: int, count_tokens: Callable[[str], int]) -> SandboxExample:
+    """The task's example of `n_tokens` prompt tokens, or the closest one the generator can build where no example
+    of this seed fits within the tolerance (very short bank logs under digit-splitting tokenizers)."""
+    try:
+        return GENERATORS[task](seed, n_tokens, count_tokens=count_tokens)
+    except CtxlabError:
+        return GENERATORS[task](seed, n_tokens, count_tokens=count_tokens, tolerance=None)
+
+
+def chance_level(task: str, examples: list[SandboxExample]) -> float:
+    """Accuracy of a uniform guess among the answer's candidates, averaged over `examples`: kv = values listed,
+    bank = 4 anomaly types x TX lines, code = shown lines of the bug's file (the question names its function)."""
+    inv = []
+    for ex in examples:
+        if task == "kv":
+            k = ex.meta["n_pairs"]
+        elif task == "bank":
+            k = 4 * ex.meta["n_ops"]
+        else:
+            first = ex.context.split("\n--- ")[1] if "\n--- " in ex.context else ex.context
+            k = max(1, sum(1 for line in first.splitlines()[1:] if "|" in line))
+        inv.append(1.0 / k)
+    return sum(inv) / max(1, len(inv))
+
+
 PARSERS: dict[str, Callable[[str], str | None]] = {
     "bank": bank.parse_answer,
     "code": code.parse_answer,
