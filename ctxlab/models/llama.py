@@ -170,10 +170,13 @@ class LlamaModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.blocks = nn.ModuleList(Block(cfg, i, self.attn_cls, self.norm_cls) for i in range(cfg.num_layers))
+        self.blocks = nn.ModuleList(self.make_block(cfg, i) for i in range(cfg.num_layers))
         self.norm = self.norm_cls(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rope = RoPE(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+
+    def make_block(self, cfg: LlamaConfig, layer: int) -> nn.Module:
+        return Block(cfg, layer, self.attn_cls, self.norm_cls)
 
     @property
     def max_context(self) -> int:

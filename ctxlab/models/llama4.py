@@ -28,7 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctxlab.errors import CtxlabError
@@ -36,12 +35,11 @@ from ctxlab.models.cache import KVCache, Step, plan_step
 from ctxlab.models.layers import (
     GatedMLP,
     RMSNorm,
-    RoPE,
     activation,
     apply_rope_interleaved,
     cached_attention,
 )
-from ctxlab.models.llama import Attention, LlamaConfig
+from ctxlab.models.llama import Attention, LlamaConfig, LlamaModel
 
 Mask = tuple[Tensor | None, bool]  # (SDPA mask, is_causal) as returned by Step.mask
 
@@ -293,25 +291,16 @@ class Llama4Block(nn.Module):
         return x + self.ffn(self.ffn_norm(x))
 
 
-class Llama4Model(nn.Module):
-    """Llama 4 text causal LM. `forward(ids, cache, valid)` → (logits, cache); see `plan_step` for the protocol."""
+class Llama4Model(LlamaModel):
+    """Llama 4 text causal LM: LlamaModel's shell (embedding, final norm, head, cache) over Llama 4 blocks, with the
+    interleaved rotation and one mask per attention kind in `forward`."""
 
     config_cls = Llama4Config
     hf_weight_map = HF_WEIGHT_MAP
     hf_key_rename = staticmethod(hf_key_rename)
 
-    def __init__(self, cfg: Llama4Config):
-        super().__init__()
-        self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.blocks = nn.ModuleList(Llama4Block(cfg, i) for i in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.rope = RoPE(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)  # only its inv_freq is used
-
-    @property
-    def max_context(self) -> int:
-        return self.cfg.max_position_embeddings
+    def make_block(self, cfg: Llama4Config, layer: int) -> nn.Module:
+        return Llama4Block(cfg, layer)
 
     def rope_tables(self, pos: Tensor) -> tuple[Tensor, Tensor]:
         """pos (B, T) → fp32 cos, sin (B, 1, T, hd/2) for the interleaved rotation (HF keeps freqs_cis in fp32)."""
@@ -338,20 +327,8 @@ class Llama4Model(nn.Module):
             x = block(x, rope, step, cache, masks)
         if last_only:
             x = x[:, -1:]
-        w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(self.norm(x), w), cache  # (B, T, V)
-
-    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None, device=None) -> KVCache:
-        p = self.tok_emb.weight
-        return KVCache.allocate(
-            self.cfg.num_layers, batch, max_len, self.cfg.num_kv_heads, self.cfg.head_dim,
-            dtype or p.dtype, device or p.device,
-        )
+        return self.head(self.norm(x)), cache  # (B, T, V)
 
     def active_parameters(self) -> int:
         """Parameters used per token (read by ctxlab.modelinfo); see `parameter_counts`."""
         return parameter_counts(self.cfg)[1]
-
-    def query_weights(self) -> list[nn.Parameter]:
-        """The attention query projections (what qTTT adapts), one per layer, NoPE layers included."""
-        return [b.attn.wq.weight for b in self.blocks]
