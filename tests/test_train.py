@@ -226,6 +226,24 @@ def test_pretrain_cli_on_sandbox_data(ckpt, tmp_path):
     assert len(res.losses) == 3
 
 
+def test_scratch_pretrain_exports_a_model_card(tmp_path):
+    sandbox = [{"task": t, "count": 4, "lengths": [64], "seed": 1_000_000} for t in ("kv", "code", "bank")]
+    cfg = {"out_dir": str(tmp_path / "run"), "threads": 1,
+           "model": {"init": "scratch", "size": "small", "vocab_size": 600, "tokenizer_docs": 30,
+                     "pretokenizer": "chunks-sep", "copy_init": 1.0, "induction_init": 3.0},
+           "data": {"seq_len": 512, "pack": False, "heldout": 0.1, "sandbox": sandbox,
+                    "recall": {"count": 4, "max_items": 6}},
+           "optim": {"max_steps": 2, "batch_size": 2, "warmup_steps": 1}, "eval": {"every": 0},
+           "export": {"dir": str(tmp_path / "export"), "card_samples": 1, "card_lengths": [64]}}
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cfg))
+    train_cli("pretrain", path)
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "4 copy drills" in card and "induction circuit" in card and "`: 823`" in card
+    assert json.loads((tmp_path / "export" / "eval_results.json").read_text())
+    Tokenizer.from_dir(tmp_path / "export")
+
+
 def test_bucketed_dataset_keeps_one_document_per_row():
     from ctxlab.train.data import BucketedDataset
 
@@ -279,11 +297,14 @@ def test_bundled_configs_are_valid():
     cfg = load_config(root / "bundled.toml")
     cfg.check_kind("pretrain")
     assert cfg.model.max_position_embeddings >= 8192 and {s.task for s in cfg.data.sandbox} == {"bank", "code", "kv"}
+    assert cfg.model.init == "scratch" and cfg.model.induction_init > 0
     stage2 = load_config(root / "bundled_stage2.toml")
     stage2.check_kind("pretrain")
     assert stage2.model.init == f"{cfg.out_dir}/final" and stage2.export.dir == "ctxlab/assets/bundled"
     train_seeds = {s.seed for s in cfg.data.sandbox} | {s.seed for s in stage2.data.sandbox}
     assert min(train_seeds) >= 1_000_000  # disjoint from the evaluation seeds 0, 1, ...
+    # stage 1 trains the tokenizer both stages use, on the first tokenizer_docs / 3 examples of each task
+    assert all(s.count >= cfg.model.tokenizer_docs // 3 for s in cfg.data.sandbox)
 
 
 def test_chunks_pretokenizer_keeps_dash_words_and_digit_groups():
@@ -291,6 +312,13 @@ def test_chunks_pretokenizer_keeps_dash_words_and_digit_groups():
 
     pieces = [p for p, _ in _pre_tokenizer("chunks").pre_tokenize_str("amber-falcon-river: 1234567, A2 -> -15")]
     assert pieces == ["amber", "-falcon", "-river", ":", "Ġ", "123", "456", "7", ",", "ĠA", "2", "Ġ->", "Ġ-", "15"]
+
+
+def test_chunks_sep_pretokenizer_joins_separator_and_first_digit_group():
+    from ctxlab.scratch import _pre_tokenizer
+
+    pieces = [p for p, _ in _pre_tokenizer("chunks-sep").pre_tokenize_str("river: 1234567, A2 -> -15\n 12 | x")]
+    assert pieces == ["river", ":Ġ123", "456", "7", ",", "ĠA", "2", "Ġ->", "Ġ-", "15", "Ċ", "Ġ12", "Ġ|", "Ġx"]
 
 
 def test_recall_drills_weigh_the_repeat_only(ckpt):

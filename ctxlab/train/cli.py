@@ -36,6 +36,9 @@ PRETOKENIZER_NOTES = {
     "digits": "numbers split into single digits",
     "chunks": "a dash stays attached to the following word and numbers split into groups of up to 3 digits, so "
               "dash-joined keys and numbers are short, distinctive token sequences",
+    "chunks-sep": "a dash stays attached to the following word, numbers split into groups of up to 3 digits, and a "
+                  "number's first group takes the punctuation mark and space before it (`key: 823923` → `key`, "
+                  "`: 823`, `923`), so a value's first token directly follows its key",
 }
 
 
@@ -54,7 +57,8 @@ def init_scratch(cfg: TrainConfig, out: Path, console: Console) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     build_checkpoint(tmp, texts, size=m.size, vocab_size=m.vocab_size, max_len=m.max_position_embeddings,
-                     seed=cfg.seed, pretokenizer=m.pretokenizer, copy_init=m.copy_init, **overrides)
+                     seed=cfg.seed, pretokenizer=m.pretokenizer, copy_init=m.copy_init,
+                     induction_init=m.induction_init, **overrides)
     tmp.rename(init)
     return init
 
@@ -148,7 +152,10 @@ def export(model, tok: Tokenizer, cfg: TrainConfig, tokenizer_dir: Path, result:
             "pretokenizer_note": PRETOKENIZER_NOTES.get(cfg.model.pretokenizer, cfg.model.pretokenizer)
             if cfg.model.init == "scratch" else f"the tokenizer of {cfg.model.init}",
             "train_tokens": hist[-1]["tokens"] if hist else 0, "rows": _rows(train_data), "eval_rows": _rows(eval_data),
-            "packed": cfg.data.pack, "wall_min": hist[-1]["elapsed"] / 60 if hist else 0,
+            "packed": cfg.data.pack, "recall": cfg.data.recall.count if cfg.data.recall else 0,
+            "copy_init": cfg.model.init == "scratch" and cfg.model.copy_init > 0,
+            "induction_init": cfg.model.init == "scratch" and cfg.model.induction_init > 0,
+            "wall_min": hist[-1]["elapsed"] / 60 if hist else 0,
             "final_train_loss": sum(r["train_loss"] for r in hist[-20:]) / max(1, len(hist[-20:])),
             "final_eval_loss": ev[-1]["eval_loss"] if ev else float("nan"),
         }

@@ -11,7 +11,8 @@ Layout (TOML; every key but those marked required has a default):
     threads = 2                         # torch.set_num_threads
 
     [model]   init = "scratch" | <checkpoint dir or hub id>; scratch only: size, vocab_size, num_layers,
-              max_position_embeddings, pretokenizer, tokenizer_docs, copy_init
+              max_position_embeddings, pretokenizer, tokenizer_docs, copy_init,
+              induction_init
     [data]    seq_len, pack, heldout (fraction of documents held out for eval loss), jsonl (SFT/DPO file),
               prompt_weight (SFT: weight of prompt tokens, 0 = completion only)
     [[data.sandbox]]  task, lengths, thinking, count, seed, prompt_weight, target_weight, options
@@ -56,6 +57,7 @@ class ModelSection:
     pretokenizer: str = "chunks"  # scratch: one of ctxlab.scratch.PRETOKENIZERS (see there)
     tokenizer_docs: int = 3000  # scratch: documents sampled to train the tokenizer
     copy_init: float = 0.0  # scratch: mimetic copy init of attention value/output maps (ctxlab.scratch), 0 = off
+    induction_init: float = 0.0  # scratch: layers 0-1 start as an induction circuit (QK-norm gain; ctxlab.scratch)
 
     def __post_init__(self) -> None:
         from ctxlab.scratch import PRETOKENIZERS, SIZES
@@ -69,6 +71,7 @@ class ModelSection:
         _check_min("model.max_position_embeddings", self.max_position_embeddings, 16)
         _check_min("model.tokenizer_docs", self.tokenizer_docs, 1)
         _check_min("model.copy_init", self.copy_init, 0.0)
+        _check_min("model.induction_init", self.induction_init, 0.0)
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,16 @@ def write_model_card(out_dir: Path, *, table: str, n: int, run: dict, notes: str
                  f"({run.get('pretokenizer_note', 'GPT-2 pre-tokenisation')})")
     layout = (f"packed rows of {run.get('seq_len')} tokens" if run.get("packed", True) else
               "documents, one per row (no packing: attention never crosses into another example), batched by length")
+    recall = (f"- {run['recall']:,} copy drills: a random list of sandbox-style keys, values and TX ids, then the same "
+              "list again; loss on the repeat only.\n" if run.get("recall") else "")
+    init = "".join(
+        f"{what} " for key, what in (
+            ("copy_init", "Initialisation: every attention head starts as a copier (mimetic value/output init)."),
+            ("induction_init", "Layers 0-1 start as an induction circuit (a previous-token head feeding an induction "
+                               "head, `ctxlab.scratch.induction_circuit_init`): the model copies the token that "
+                               "followed an earlier occurrence of the current one before any training."),
+        ) if run.get(key))
+    init = f"{init}\n\n" if init else ""
     text = f"""---
 license: apache-2.0
 library_name: ctxlab
@@ -126,12 +136,12 @@ stdlib prose.
 - Loss: next-token loss on every token; prompt tokens (context, question) weigh {run.get('prompt_weight')}, target
   tokens (scratchpad, answer, end token) 1.0. The prompt term still teaches the formats (key lists, ledgers, code),
   the target term carries most of the task signal.
-- A little natural text: docstrings of Python standard-library modules (not the code task's modules), weight 1.0.
+{recall}- A little natural text: docstrings of standard-library modules (not the code task's modules), weight 1.0.
 - {run.get('rows')} {layout} ({run.get('eval_rows')} held out).
 
 ## Training
 
-{run.get('steps')} AdamW steps (peak LR {run.get('lr')}, {run.get('warmup')} warmup steps, cosine decay to
+{init}{run.get('steps')} AdamW steps (peak LR {run.get('lr')}, {run.get('warmup')} warmup steps, cosine decay to
 {run.get('min_lr_ratio')} x peak, weight decay {run.get('weight_decay')}, gradient clipping 1.0), {run.get('batch')}
 rows per step ({run.get('train_tokens', 0) / 1e6:.1f}M tokens seen), bfloat16 autocast
 on CPU, {run.get('wall_min', 0):.0f} minutes on one thread of a shared 2-core machine.
