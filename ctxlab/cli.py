@@ -253,6 +253,8 @@ def demo(
                                                         "to them instead")] = None,
     qttt_span: Annotated[int | None, typer.Option(help="qTTT span k in tokens (default 32)")] = None,
     qttt_lr: Annotated[float | None, typer.Option(help="qTTT AdamW learning rate on W_Q")] = None,
+    qttt_region: Annotated[str | None, typer.Option(help="where qTTT spans come from: context (default) or prompt "
+                                                         "(context + question)")] = None,
     max_answer_tokens: Annotated[int | None, typer.Option(help="answer tokens after 'Final:' (default 24)")] = None,
     seed: Annotated[int, typer.Option(help="first example seed (seeds seed..seed+n-1 at every length)")] = 0,
     out_dir: Annotated[str, typer.Option(help="results.json, table.md and demo.png go here")] = "demo_out",
@@ -265,7 +267,7 @@ def demo(
     from ctxlab.demo import demo_cli
 
     demo_cli(model, tasks, lengths, n, strategies, think_budget, qttt_steps, qttt_span, qttt_lr, seed, out_dir,
-             quick, max_answer_tokens=max_answer_tokens, threads=threads)
+             quick, max_answer_tokens=max_answer_tokens, threads=threads, qttt_region=qttt_region)
 
 
 def main() -> None:

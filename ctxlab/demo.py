@@ -56,6 +56,7 @@ DEFAULT_LENGTHS = (256, 512, 1024, 2048, 4096)
 QUICK_LENGTHS = (256, 1024)
 FLOPS_UNIT = "multiply-accumulates (analytic, ctxlab.ttt.flops.ArchCost; x2 for hardware FLOPs)"
 MIN_LENGTH = 64  # the sandbox generators' minimum
+QTTT_REGIONS = ("context", "prompt")  # qTTT spans from the context only, or from context + question
 
 # Defaults (full run, quick run). Sized on 2 shared CPU cores for the bundled model: see docs/demo_results.md.
 DEFAULTS = {
@@ -63,6 +64,7 @@ DEFAULTS = {
     "think_budget": (256, 128),
     "qttt_span": (32, 32),
     "qttt_lr": (3e-3, 3e-3),
+    "qttt_region": ("context", "context"),
     "max_answer_tokens": (24, 24),
     # One torch thread: the bundled model's matmuls are small, and on a shared 2-core machine two OpenMP threads
     # ran 3-50x slower than one (spin-waiting against other processes); `--threads 2` on an idle machine.
@@ -120,6 +122,7 @@ class DemoConfig:
     out_dir: str
     quick: bool
     threads: int
+    qttt_region: str = "context"  # where qTTT spans are drawn: the context, or the whole prompt (question too)
 
     @property
     def matching(self) -> str:
@@ -144,7 +147,7 @@ def make_config(
     n: int | None = None, strategies: str | Sequence[str] = STRATEGY_NAMES, think_budget: int | None = None,
     qttt_steps: int | None = None, qttt_span: int | None = None, qttt_lr: float | None = None,
     max_answer_tokens: int | None = None, seed: int = 0, out_dir: str = "demo_out", quick: bool = False,
-    threads: int | None = None,
+    threads: int | None = None, qttt_region: str | None = None,
 ) -> DemoConfig:
     """Validated options; None = the default for a full or a --quick run."""
     q = int(bool(quick))
@@ -170,6 +173,9 @@ def make_config(
         raise CtxlabError(f"qttt_steps must be an integer >= 1, got {qttt_steps!r}")
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
         raise CtxlabError(f"qttt_lr must be a number > 0, got {lr!r}")
+    region = pick("qttt_region", qttt_region)
+    if region not in QTTT_REGIONS:
+        raise CtxlabError(f"qttt_region must be one of {', '.join(QTTT_REGIONS)}, got {region!r}")
     threads = pick("threads", threads)
     if not _is_int(threads) or threads < 1:
         raise CtxlabError(f"threads must be an integer >= 1, got {threads!r}")
@@ -179,7 +185,7 @@ def make_config(
     if out.exists() and not out.is_dir():
         raise CtxlabError(f"out_dir {out} exists and is not a directory")
     return DemoConfig(model.strip(), cfg_tasks, cfg_lengths, n, cfg_strats, think_budget, qttt_steps, span, float(lr),
-                      answer, seed, str(out), bool(quick), threads)
+                      answer, seed, str(out), bool(quick), threads, region)
 
 
 def resolve_model(model: str) -> Path | str:
@@ -500,7 +506,7 @@ class Runner:
             out.append(self._record(item, "in-context", T, g.ids, g.finish_reason, probe, flops, wall))
         if qttt:
             qcfg = QTTTConfig(steps=N, span=k, lr=self.cfg.qttt_lr, seed=self.cfg.seed + item.ex.meta["seed"],
-                              region="context", probe=False)
+                              region=self.cfg.qttt_region, probe=False)
             with adapted(self.model, cache, ids, qcfg, context_len=item.context_len) as report:
                 t0 = time.perf_counter()
                 with torch.no_grad():  # the adapted model's logits at the last prompt slot (queries only)
@@ -578,6 +584,7 @@ def demo_cli(
     *,
     max_answer_tokens: int | None = None,
     threads: int | None = None,
+    qttt_region: str | None = None,
     console=None,
 ) -> DemoResult:
     """Run the sweep, print the table, write results.json / table.md / demo.png to out_dir; returns the result.
@@ -585,7 +592,7 @@ def demo_cli(
     from rich.console import Console
 
     cfg = make_config(model, tasks, lengths, n, strategies, think_budget, qttt_steps, qttt_span, qttt_lr,
-                      max_answer_tokens, seed, out_dir, quick, threads)
+                      max_answer_tokens, seed, out_dir, quick, threads, qttt_region)
     path = resolve_model(cfg.model)
     if console is None:
         console = Console()

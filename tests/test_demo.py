@@ -49,6 +49,7 @@ def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None
     ({"qttt_lr": 0.0}, "qttt_lr must be a number > 0"),
     ({"qttt_lr": float("nan")}, "qttt_lr must be a number > 0"),
     ({"threads": 0}, "threads must be an integer >= 1"),
+    ({"qttt_region": "question"}, "qttt_region must be one of context, prompt, got 'question'"),
     ({"seed": -3}, "seed must be an integer >= 0"),
 ])
 def test_config_validation(kw, needle):
@@ -67,6 +68,7 @@ def test_config_defaults_and_matching_modes():
     assert rev.matching == "thinking-from-qttt" and rev.think_budget is None
     assert "4 qTTT steps" in rev.describe_matching()
     assert demo.make_config(qttt_steps=4, think_budget=64).matching == "none"
+    assert full.qttt_region == "context" and demo.make_config(qttt_region="prompt").qttt_region == "prompt"
 
 
 def test_cli_errors_are_one_line_and_come_before_the_model(tmp_path):
@@ -208,3 +210,21 @@ def test_quick_on_bundled_model(tmp_path):
     r = run_cli("--quick", "--n", "2", "--out-dir", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     check_results(out, ["kv", "bank", "code"], [256, 1024], 2)
+
+
+@pytest.mark.parametrize("region", ["context", "prompt"])
+def test_qttt_region_reaches_the_adaptation(tiny, tmp_path, monkeypatch, region):
+    import ctxlab.ttt.qttt as qttt
+
+    seen = []
+    real = qttt.adapted
+
+    def spy(model, cache, ids, cfg, **kw):
+        seen.append((cfg.region, kw.get("context_len"), len(ids)))
+        return real(model, cache, ids, cfg, **kw)
+
+    monkeypatch.setattr(qttt, "adapted", spy)
+    demo.demo_cli(model=str(tiny), tasks="kv", lengths=[128], n=1, strategies="qttt", qttt_steps=2,
+                  qttt_span=8, qttt_region=region, out_dir=str(tmp_path / region))
+    assert [s[0] for s in seen] == [region] and seen[0][1] < seen[0][2]  # the question follows the context
+    assert json.loads((tmp_path / region / "results.json").read_text())["config"]["qttt_region"] == region
