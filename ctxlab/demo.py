@@ -607,17 +607,9 @@ def demo_cli(
 
 
 def _run(cfg: DemoConfig, path: Path | str, console) -> DemoResult:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from ctxlab.eval.results import environment
     from ctxlab.models.loading import load_model
+    from ctxlab.progress import progress_bar
     from ctxlab.tasks.sandbox import chance_level
     from ctxlab.tokenizer import Tokenizer
 
@@ -653,10 +645,8 @@ def _run(cfg: DemoConfig, path: Path | str, console) -> DemoResult:
 
     save("running")
     total = len(cfg.tasks) * len(cfg.lengths) * cfg.n
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
     try:
-        with Progress(*columns, console=console, transient=False) as progress:
+        with progress_bar(console) as progress:
             bar = progress.add_task("demo", total=total)
             for task in cfg.tasks:
                 for L in cfg.lengths:

@@ -465,23 +465,10 @@ def _run_items(p: Plan, items: Sequence[tuple[int, int]], backend: BaseBackend, 
                 yield _record(tp, chunk[k], prepared[k][0], out, rank)
 
 
-def _progress(enabled: bool, console: Any) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("·"),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
-                    disable=not enabled, transient=False)
-
-
 def execute(p: Plan, *, progress: bool = False, console: Any = None) -> RunResult | None:
     """Load the model (only if something is pending), run this rank's samples, merge and write results."""
+    from ctxlab.progress import progress_bar  # rich loads only when a run executes
+
     started = time.time()
     info = distributed.init(str(p.backend_options.get("device", "cpu")))
     backend: BaseBackend | None = None
@@ -501,7 +488,7 @@ def execute(p: Plan, *, progress: bool = False, console: Any = None) -> RunResul
             load_s = time.perf_counter() - t0
             window = max(1, 2 * int(p.backend_options.get("concurrency", 1) or 1))
             t1 = time.perf_counter()
-            with _progress(progress and info.is_main, console) as bar, p.store.shard(info.rank) as shard:
+            with progress_bar(console, enabled=progress and info.is_main) as bar, p.store.shard(info.rank) as shard:
                 label = f"{p.strategy.name} · rank {info.rank}/{info.world_size}" if info.active else p.strategy.name
                 job = bar.add_task(label, total=len(mine))
                 for rec in _run_items(p, mine, backend, info.rank, window):

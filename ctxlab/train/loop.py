@@ -30,12 +30,13 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import TextColumn
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from ctxlab.errors import CtxlabError
 from ctxlab.models.loading import load_weights, save_model
+from ctxlab.progress import progress_bar
 from ctxlab.train.config import TrainConfig
 from ctxlab.train.data import Dataset
 from ctxlab.train.objectives import Objective
@@ -213,7 +214,7 @@ def train(
             "history": history, "elapsed": elapsed0 + time.perf_counter() - t0, "config": cfg.to_dict(),
         }
 
-    with _progress(console) as progress:
+    with progress_bar(console, enabled=console.is_terminal, extra=(TextColumn("{task.fields[info]}"),)) as progress:
         task = progress.add_task("train", total=o.max_steps, completed=start, info="")
         for step in range(start, end):
             micro = [train_data.batch(batch_indices(len(train_data), o.batch_size, step * o.grad_accum + a, cfg.seed))
@@ -273,13 +274,6 @@ def train(
 
 
 _BASE_FIELDS = ("step", "lr", "train_loss", "grad_norm", "tokens", "elapsed", "eval_loss")
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console, disable=not console.is_terminal,
-    )
 
 
 def _flatten_py_rng(state: tuple) -> Iterator:
