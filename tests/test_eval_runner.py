@@ -82,15 +82,7 @@ class ExplodingBackend(KVBackend):
 # ------------------------------------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two cores shared by several developers: intra-op threads only add contention for a 0.3M-param model."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -71,14 +71,7 @@ PROMPT = list((TEXT + "Question: what did the keeper polish? Answer:").encode())
 CONTEXT_LEN = len(TEXT.encode())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models gain nothing from intra-op threads, and on a shared 2-core machine spinning OpenMP workers
-    make this file ~10x slower; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from ctxlab.apps.synthqa import FILTERS, generation_prompt, generation_target
 from ctxlab.apps.synthqa_cli import generator_prompt, qa_prompt, synth_qa_cli
@@ -60,12 +59,7 @@ def contexts_file(tmp_path) -> Path:
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -36,13 +36,7 @@ CORPUS = ["A list of key: value pairs. Each key appears once.\namber-falcon-rive
           "Question: is the sky blue? Answer: yes. Question: is fire cold? Answer: no.\n" * 4]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny ops on an oversubscribed 2-core machine: one OpenMP thread is several times faster than two.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
