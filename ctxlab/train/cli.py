@@ -31,14 +31,14 @@ from ctxlab.train.data import (
 from ctxlab.train.loop import TrainResult, checkpoint_dirs, run_info, train
 from ctxlab.train.objectives import DPOObjective, LMObjective
 
+_CHUNKS_NOTE = "a dash stays attached to the following word and numbers split into groups of up to 3 digits"
 PRETOKENIZER_NOTES = {
     "bytelevel": "GPT-2 pre-tokenisation",
     "digits": "numbers split into single digits",
-    "chunks": "a dash stays attached to the following word and numbers split into groups of up to 3 digits, so "
-              "dash-joined keys and numbers are short, distinctive token sequences",
-    "chunks-sep": "a dash stays attached to the following word, numbers split into groups of up to 3 digits, and a "
-                  "number's first group takes the punctuation mark and space before it (`key: 823923` → `key`, "
-                  "`: 823`, `923`), so a value's first token directly follows its key",
+    "chunks": _CHUNKS_NOTE + ", so dash-joined keys and numbers are short, distinctive token sequences",
+    "chunks-sep": _CHUNKS_NOTE + "; a number's first group also takes the punctuation mark and space before it "
+                                 "(`key: 823923` → `key`, `: 823`, `923`), so a value's first token directly follows "
+                                 "its key",
 }
 
 

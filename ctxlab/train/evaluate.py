@@ -90,6 +90,14 @@ def format_table(scores: Sequence[TaskScore]) -> str:
     return "\n".join(lines)
 
 
+_INIT_NOTES = (  # run key → what the model card says about that initialisation
+    ("copy_init", "Initialisation: every attention head starts as a copier (mimetic value/output init)."),
+    ("induction_init", "Layers 0-1 start as an induction circuit (a previous-token head feeding an induction head, "
+                       "`ctxlab.scratch.induction_circuit_init`): the model copies the token that followed an earlier "
+                       "occurrence of the current one before any training."),
+)
+
+
 def write_model_card(out_dir: Path, *, table: str, n: int, run: dict, notes: str = "") -> Path:
     """README.md for an exported model: what it is, data, training, results (`table`), `notes`, licence."""
     cfg = json.loads((out_dir / "config.json").read_text())
@@ -105,13 +113,7 @@ def write_model_card(out_dir: Path, *, table: str, n: int, run: dict, notes: str
               "documents, one per row (no packing: attention never crosses into another example), batched by length")
     recall = (f"- {run['recall']:,} copy drills: a random list of sandbox-style keys, values and TX ids, then the same "
               "list again; loss on the repeat only.\n" if run.get("recall") else "")
-    init = "".join(
-        f"{what} " for key, what in (
-            ("copy_init", "Initialisation: every attention head starts as a copier (mimetic value/output init)."),
-            ("induction_init", "Layers 0-1 start as an induction circuit (a previous-token head feeding an induction "
-                               "head, `ctxlab.scratch.induction_circuit_init`): the model copies the token that "
-                               "followed an earlier occurrence of the current one before any training."),
-        ) if run.get(key))
+    init = " ".join(note for key, note in _INIT_NOTES if run.get(key))
     init = f"{init}\n\n" if init else ""
     text = f"""---
 license: apache-2.0
