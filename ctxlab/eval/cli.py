@@ -148,8 +148,11 @@ def model_card(model: str, fmt: str) -> str:
 
 def _looks_like_model(name: str) -> bool:
     from ctxlab.presets import preset_for
+    from ctxlab.realmodels import REAL_MODELS
 
     p = Path(name).expanduser()
+    if name in REAL_MODELS or (p.is_file() and p.suffix.lower() == ".gguf"):
+        return True
     return (p.is_dir() and (p / "config.json").is_file()) or preset_for(name) is not None or bool(
         re.match(r"^[\w.-]+/[\w.-]+$", name) and ":" not in name)
 

@@ -34,6 +34,7 @@ from ctxlab.models.llama import HF_WEIGHT_MAP as LLAMA_MAP
 from ctxlab.models.llama import Attention, LlamaConfig, LlamaModel
 
 LAYER_TYPES = ("sliding_attention", "full_attention")
+QUERY_BLOCK = 4096  # sliding-window prefill runs in blocks of this many queries
 
 
 @dataclass(frozen=True)
@@ -149,11 +150,12 @@ class WindowedKVCache(KVCache):
 
 
 def sliding_attention(q: Tensor, k: Tensor, v: Tensor, q0: int, k0: int, k_valid: Tensor | None, window: int,
-                      scale: float, block: int = 4096) -> Tensor:
+                      scale: float) -> Tensor:
     """Causal sliding-window attention by slot: q (B, nh, T, hd) of slots [q0, q0+T) over k/v (B, nkv, S, hd) of
     slots [k0, k0+S); the query in slot i sees keys j with i − window < j ≤ i that are real tokens (k_valid (B, S)),
-    and always itself. Queries run in blocks so memory stays O(T · (window + block)) at any length."""
-    T = q.shape[2]
+    and always itself. Queries run in blocks of QUERY_BLOCK so memory stays O(T · (window + block)) at any length
+    (one block up to 4096 queries: the same single SDPA call as transformers, hence bit-equal logits)."""
+    T, block = q.shape[2], QUERY_BLOCK
     out = []
     for a in range(0, T, block):
         b = min(T, a + block)

@@ -342,10 +342,17 @@ def save_model(
     hf_cfg = model.cfg.to_hf_config()
     hf_cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
     (out / "config.json").write_text(json.dumps(hf_cfg, indent=2))
-    if src is not None:
+    if src is not None and is_gguf(src):  # a GGUF carries its tokenizer and special ids as metadata
+        from ctxlab.tokenizer import Tokenizer
+
+        tok = Tokenizer.from_gguf(src)
+        tok.save(out)
+        (out / "generation_config.json").write_text(json.dumps(tok.generation_config, indent=2))
+    elif src is not None:
         for fname in (*TOKENIZER_FILES, "generation_config.json"):
             if (src / fname).exists() and (src / fname).resolve() != (out / fname).resolve():
                 shutil.copyfile(src / fname, out / fname)
+    if src is not None:
         n_params = sum(t.numel() for t in tensors.values())
         write_export_terms(out, src, lic, name, {"parameters": f"{n_params:,}", "dtype": hf_cfg["torch_dtype"]})
     if not (out / "generation_config.json").exists():

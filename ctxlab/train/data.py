@@ -286,7 +286,7 @@ def build_pretrain_data(data: DataSection, tok: Tokenizer, tokenizer_dir: Path, 
     key = hashlib.sha256(json.dumps({
         "data": sources, "seq_len": data.seq_len, "seed": seed, "python": list(sys.version_info[:2]),
         "end": end_id, "pad": pad_id,
-        "tokenizer": hashlib.sha256((tokenizer_dir / "tokenizer.json").read_bytes()).hexdigest(),
+        "tokenizer": tok.fingerprint(),
     }, sort_keys=True).encode()).hexdigest()[:16]
     cache = cache_dir / f"docs-{key}.pt"
     if cache.is_file():

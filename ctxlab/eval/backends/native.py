@@ -55,7 +55,7 @@ class NativeBackend(BaseBackend):
 
         default_dtype(options["device"], options["dtype"])  # unknown dtype → one-line error
         path = resolve_model_path(model)
-        if not (path / "tokenizer.json").is_file():
+        if path.is_dir() and not (path / "tokenizer.json").is_file():
             raise CtxlabError(f"no tokenizer.json in {path}; the native backend needs the checkpoint's tokenizer")
 
     @classmethod
@@ -65,7 +65,7 @@ class NativeBackend(BaseBackend):
         path = resolve_model_path(model)
         cfg = read_hf_config(path)
         try:
-            weights = {p.name: p.stat().st_size for p in weight_files(path)}
+            weights = {p.name: p.stat().st_size for p in ([path] if path.is_file() else weight_files(path))}
         except CtxlabError:
             weights = {}
         return {"model": str(model), "path": str(path), "model_type": cfg.get("model_type"),
