@@ -197,14 +197,12 @@ def check_out_path(out: str | os.PathLike, inputs: Sequence[str] = ()) -> Path:
 
 def check_checkpoint(model: str | os.PathLike, flag: str = "MODEL") -> Path:
     """Resolve a checkpoint and check its config, tokenizer and weight files without reading any weights."""
-    from ctxlab.models.loading import build_config, read_hf_config, resolve_model_path, weight_files
+    from ctxlab.models.loading import check_checkpoint as check
 
-    path = resolve_model_path(model)
-    if not (path / "tokenizer.json").is_file():
-        raise CtxlabError(f"{flag} {model}: no tokenizer.json in {path}; synth-qa needs the checkpoint's tokenizer")
-    build_config(read_hf_config(path))  # unknown family / bad config → one line
-    weight_files(path)
-    return path
+    try:
+        return check(model)
+    except CtxlabError as e:
+        raise CtxlabError(f"{flag} {model}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------------- command

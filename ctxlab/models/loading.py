@@ -246,6 +246,21 @@ def default_dtype(device: str | torch.device, requested: str | None) -> torch.dt
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
 
 
+def check_checkpoint(model: str | os.PathLike) -> Path:
+    """Resolve a checkpoint and check its config, tokenizer and weight files without reading any weights."""
+    path = resolve_model_path(model)
+    if is_gguf(path):
+        g = gguf.open_gguf(path)
+        if g.get("tokenizer.ggml.model") is None:
+            raise CtxlabError(f"{path.name} has no tokenizer metadata (tokenizer.ggml.*)")
+    elif not (path / "tokenizer.json").is_file():
+        raise CtxlabError(f"no tokenizer.json in {path}; ctxlab needs the checkpoint's tokenizer")
+    else:
+        weight_files(path)
+    build_config(read_hf_config(path))  # unknown family / bad config → one line
+    return path
+
+
 def load_model(model: str | os.PathLike, dtype: str | None = None, device: str = "cpu") -> Loaded:
     """Resolve, validate and load a checkpoint (HF directory or GGUF file); every failure is a one-line CtxlabError."""
     path = resolve_model_path(model)
