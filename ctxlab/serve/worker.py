@@ -161,6 +161,7 @@ class Worker:
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._held: Job | None = None  # a qTTT job met while filling a batch: it runs next, alone
         self._running: list[Job] = []
+        self._gated: Job | None = None  # taken from the queue, held while the worker is paused
         self._gate = threading.Event()
         self._gate.set()
         self._thread = threading.Thread(target=self._loop, name="ctxlab-serve-worker", daemon=True)
@@ -199,7 +200,8 @@ class Worker:
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize() + (self._held is not None)
+        """Requests waiting (queued, or taken but not started)."""
+        return self._queue.qsize() + (self._held is not None) + (self._gated is not None)
 
     @contextmanager
     def paused(self):
@@ -228,7 +230,9 @@ class Worker:
             job = self._take(block=True)
             if job is None:
                 return
+            self._gated = job
             self._gate.wait()  # paused: hold the first job too, so that everything queued meanwhile joins it
+            self._gated = None
             if job.cancelled:
                 self._drop(job)
                 continue
