@@ -263,16 +263,19 @@ def serve(
                                                 "time, bit-identical to the native backend)")] = 8,
     max_queue: Annotated[int, typer.Option(help="requests waiting at most; more are refused with 429")] = 256,
     max_qttt_steps: Annotated[int, typer.Option(help="qTTT steps a request may ask for (0 = qTTT off)")] = 256,
+    default_max_tokens: Annotated[int, typer.Option(help="answer tokens of a chat request that sets no max_tokens "
+                                                         "(at most the rest of the context)")] = 1024,
     log_level: Annotated[str, typer.Option(help="uvicorn log level (info shows every request)")] = "warning",
     dtype: DtypeOpt = None,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Serve MODEL over the OpenAI API (/v1/models, /v1/completions, /v1/chat/completions, streaming), with qTTT
     per request (`"ctxlab": {"qttt": {"steps": 32, "span": 128, "lr": 1e-5}}`) and a chat page at /."""
-    from ctxlab.serve.app import serve_cli
+    from ctxlab.serve.app import ServeConfig, serve_cli
 
-    serve_cli(model, host, port, threads=threads, name=name, max_batch=max_batch, max_queue=max_queue,
-              max_qttt_steps=max_qttt_steps, dtype=dtype, device=device, log_level=log_level)
+    serve_cli(ServeConfig(model, host, port, threads=threads, name=name, max_batch=max_batch, max_queue=max_queue,
+                          max_qttt_steps=max_qttt_steps, default_max_tokens=default_max_tokens, log_level=log_level,
+                          dtype=dtype, device=device))
 
 
 @app.command("synth-qa")

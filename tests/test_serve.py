@@ -114,6 +114,21 @@ def test_chat_and_completions_match_the_engine(srv, client, served):
     assert c.choices[0].text == engine_answer(served, ids, 12)[0]
 
 
+def test_template_kwargs_and_special_tokens(srv, client, served):
+    ids = served.chat_ids(user(KV), enable_thinking=False)
+    assert ids != served.chat_ids(user(KV))  # the bundled template writes an empty think block
+    r = client.chat.completions.create(model="bundled", messages=user(KV), max_tokens=20, temperature=0,
+                                       extra_body={"chat_template_kwargs": {"enable_thinking": False},
+                                                   "skip_special_tokens": False})
+    g = generate(served.model, [ids], SamplingParams(max_new_tokens=20), served.eos_ids)[0]
+    assert r.usage.prompt_tokens == len(ids)
+    assert r.choices[0].message.content == served.text(g.ids, skip_special=False)
+    for bad in ({"chat_template_kwargs": "x"}, {"chat_template_kwargs": {"messages": []}},
+                {"skip_special_tokens": "no"}):
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="bundled", messages=user(KV), max_tokens=2, extra_body=bad)
+
+
 def test_streaming_equals_non_streaming(srv, client):
     for stop in (None, ["value"]):
         plain = client.chat.completions.create(model="bundled", messages=user(KV), max_tokens=40, temperature=0,

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +153,7 @@ class Server:
         choices = []
         for c in req.choices:
             f = finished[c.index]
-            text = self.served.text(f.ids, req.stop)
+            text = self.served.text(f.ids, req.stop, req.skip_special)
             if req.kind == "chat":
                 choices.append({"index": c.index, "message": {"role": "assistant", "content": text},
                                 "finish_reason": FINISH[f.reason], "logprobs": None})
@@ -177,7 +178,7 @@ class Server:
                 choice = {"index": index, "text": text or "", "finish_reason": reason, "logprobs": None}
             return _data({**meta, "object": obj, "choices": [choice], **tail})
 
-        texts = {c.index: TextAssembler(self.served.tokenizer, req.stop) for c in req.choices}
+        texts = {c.index: TextAssembler(self.served.tokenizer, req.stop, req.skip_special) for c in req.choices}
         if chat:
             for c in req.choices:
                 yield chunk(c.index, None, role=True)
@@ -267,35 +268,57 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve_cli(model: str, host: str = "127.0.0.1", port: int = 8000, *, threads: int | None = None,
-              name: str | None = None, max_batch: int = 8, max_queue: int = 256, max_qttt_steps: int = 256,
-              dtype: str | None = None, device: str = "cpu", log_level: str = "warning") -> None:
-    """Load MODEL and serve it until interrupted. Options are checked before anything is loaded."""
+@dataclass(frozen=True)
+class ServeConfig:
+    """What `ctxlab serve` was asked for (the CLI's options); validated on construction, before any loading."""
+
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    threads: int | None = None
+    name: str | None = None
+    max_batch: int = 8
+    max_queue: int = 256
+    max_qttt_steps: int = 256
+    default_max_tokens: int = 1024
+    log_level: str = "warning"
+    dtype: str | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise CtxlabError(f"--port must be in [0, 65535], got {self.port}")
+        for opt, lo in (("max_batch", 1), ("max_queue", 1), ("max_qttt_steps", 0), ("default_max_tokens", 1),
+                        ("threads", 1)):
+            value = getattr(self, opt)
+            if value is not None and value < lo:
+                raise CtxlabError(f"--{opt.replace('_', '-')} must be >= {lo}, got {value}")
+        if self.log_level not in ("critical", "error", "warning", "info", "debug"):
+            raise CtxlabError(f"--log-level must be critical, error, warning, info or debug, got {self.log_level!r}")
+        if self.name is not None and not self.name.strip():
+            raise CtxlabError("--name must not be empty")
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_qttt_steps=self.max_qttt_steps, default_max_tokens=self.default_max_tokens)
+
+
+def serve_cli(cfg: ServeConfig) -> None:
+    """Load the model and serve it until interrupted (Ctrl-C or SIGTERM: a graceful shutdown)."""
     import uvicorn
 
     from ctxlab.serve.model import set_threads
 
-    if not 0 <= port <= 65535:
-        raise CtxlabError(f"--port must be in [0, 65535], got {port}")
-    for opt, value, lo in (("--max-batch", max_batch, 1), ("--max-queue", max_queue, 1),
-                           ("--max-qttt-steps", max_qttt_steps, 0)):
-        if value < lo:
-            raise CtxlabError(f"{opt} must be >= {lo}, got {value}")
-    if log_level not in ("critical", "error", "warning", "info", "debug"):
-        raise CtxlabError(f"--log-level must be critical, error, warning, info or debug, got {log_level!r}")
-    if name is not None and not name.strip():
-        raise CtxlabError("--name must not be empty")
-    n_threads = set_threads(threads)
-    sock = bind(host, port)
+    n_threads = set_threads(cfg.threads)
+    sock = bind(cfg.host, cfg.port)  # a taken port fails before the weights are read
     notices: list[str] = []
-    served = ServedModel.load(model, name=name, dtype=dtype, device=device, notices=notices)
+    served = ServedModel.load(cfg.model, name=cfg.name, dtype=cfg.dtype, device=cfg.device, notices=notices)
     for notice in notices:
         print(f"note: {notice}", file=sys.stderr)
-    server = Server(served, Worker(served, max_batch=max_batch, max_queue=max_queue), Limits(max_qttt_steps=
-                                                                                             max_qttt_steps))
+    server = Server(served, Worker(served, max_batch=cfg.max_batch, max_queue=cfg.max_queue), cfg.limits)
     bound = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
+    shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     print(f"ctxlab serve: '{served.name}' (context {served.max_context} tokens) on http://{shown}:{bound} · "
-          f"OpenAI API at /v1 · chat page at / · torch threads {n_threads} · max batch {max_batch}", flush=True)
-    config = uvicorn.Config(build_app(server), log_level=log_level, timeout_graceful_shutdown=5)
+          f"OpenAI API at /v1 · chat page at / · torch threads {n_threads} · max batch {cfg.max_batch}", flush=True)
+    config = uvicorn.Config(build_app(server), log_level=cfg.log_level, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])

@@ -63,9 +63,10 @@ class ServedModel:
     def has_chat_template(self) -> bool:
         return self.tokenizer.has_chat_template
 
-    def chat_ids(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
-        """The rendered conversation with the assistant's turn opened (CtxlabError when there is no template)."""
-        return self.tokenizer.encode_chat(list(messages), add_generation_prompt=True)
+    def chat_ids(self, messages: Sequence[Mapping[str, Any]], **template_vars: Any) -> list[int]:
+        """The rendered conversation with the assistant's turn opened (CtxlabError when there is no template);
+        `template_vars` are extra template variables (e.g. enable_thinking=False)."""
+        return self.tokenizer.encode_chat(list(messages), add_generation_prompt=True, **template_vars)
 
     def prompt_ids(self, prompt: str) -> list[int]:
         return self.tokenizer.encode(prompt)
@@ -73,9 +74,10 @@ class ServedModel:
     def stop_criteria(self, stop: Sequence[str]) -> StopCriteria | None:
         return StopCriteria.from_strings(list(stop), self.tokenizer.decode) if stop else None
 
-    def text(self, ids: Sequence[int], stop: Sequence[str] = ()) -> str:
-        """Generated ids → the text a client receives: special tokens dropped, cut before the first stop string."""
-        return trim_at_stop(self.tokenizer.decode(list(ids), skip_special_tokens=True), stop)
+    def text(self, ids: Sequence[int], stop: Sequence[str] = (), skip_special: bool = True) -> str:
+        """Generated ids → the text a client receives: special tokens dropped (unless skip_special is False), cut
+        before the first stop string."""
+        return trim_at_stop(self.tokenizer.decode(list(ids), skip_special_tokens=skip_special), stop)
 
     def sampling_defaults(self) -> dict[str, float | int]:
         """OpenAI's defaults (temperature 1, top_p 1), replaced by the checkpoint's generation_config when it
@@ -104,8 +106,8 @@ class TextAssembler:
     """One choice's streamed text: decoded pieces, minus whatever could be the start of a stop string, cut before
     the first stop string. The pieces add up to `ServedModel.text(ids, stop)`, the non-streaming answer."""
 
-    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = ()):
-        self._dec = IncrementalDecoder(tokenizer, skip_special_tokens=True)
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = (), skip_special: bool = True):
+        self._dec = IncrementalDecoder(tokenizer, skip_special_tokens=skip_special)
         self._stop = tuple(stop)
         self._full = ""
         self._sent = 0

@@ -4,11 +4,13 @@ OpenAI-style error object every failure becomes.
 Semantics follow OpenAI's API (and vLLM where OpenAI is silent):
 - sampling: temperature in [0, 2] (0 = greedy), top_p in (0, 1], top_k (an extension; 0 or -1 = off), seed (per
   choice j of n: seed + j), n choices, stop (a string or up to 4), max_tokens (chat also max_completion_tokens;
-  default: completions 16, chat the rest of the context);
+  default: completions 16, chat the rest of the context up to the server's --default-max-tokens);
 - prompt + max_tokens must fit the model's context: else 400 with code `context_length_exceeded`;
 - options this server does not implement (penalties, logprobs, logit_bias, tools, echo, suffix, best_of > 1,
   non-text response formats) are refused with a 400 naming the parameter when set to anything but their neutral
   value, never silently ignored; unknown fields are ignored, as by vLLM;
+- vLLM's extensions `chat_template_kwargs` (chat: extra template variables, e.g. {"enable_thinking": false}) and
+  `skip_special_tokens` (default true: special tokens are dropped from the text);
 - the extension `"ctxlab": {"qttt": {"steps": N, "span": k, "lr": lr, "seed": s, "region": "prompt" | [lo, hi],
   "probe": bool}}` answers after adapting W_Q on the request's own prompt (see ctxlab/ttt/qttt.py). The server's
   default region is the whole prompt: a request has no separate "context" part.
@@ -56,6 +58,7 @@ class Limits:
     max_n: int = 16
     max_prompts: int = 16
     max_qttt_steps: int = 256  # 0 = qTTT disabled
+    default_max_tokens: int = 1024  # a chat request without max_tokens: at most this many (the cache is preallocated)
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class GenRequest:
     stream: bool
     include_usage: bool
     qttt: QTTTConfig | None
+    skip_special: bool = True
 
     @property
     def prompt_tokens(self) -> int:
@@ -265,10 +269,10 @@ def _build(kind: str, body: dict, served: ServedModel, prompts: list[list[int]],
     longest = max(len(p) for p in prompts)
     if any(not p for p in prompts):
         raise _bad(what, f"the {what} encode to no tokens; generation needs at least one prompt token")
-    if max_tokens is None:  # chat default: whatever the context leaves
-        max_tokens = limit - longest
-        if max_tokens < 1:
+    if max_tokens is None:  # chat default: what the context leaves, capped (every slot of the cache is allocated)
+        if limit - longest < 1:
             raise _context_error(longest, 1, limit, what)
+        max_tokens = min(limit - longest, limits.default_max_tokens)
     n = _int(body, "n", 1, 1, limits.max_n)
     seed = _int(body, "seed", None, 0)
     params = _sampling(body, served, max_tokens, seed)
@@ -293,7 +297,7 @@ def _build(kind: str, body: dict, served: ServedModel, prompts: list[list[int]],
             raise _bad("ctxlab.qttt", f"ctxlab.qttt: {e}") from None
     choices = tuple(Choice(i * n + j, tuple(p), replace(params, seed=None if seed is None else seed + j))
                     for i, p in enumerate(prompts) for j in range(n))
-    return GenRequest(kind, choices, _stop(body), stream, include_usage, qttt)
+    return GenRequest(kind, choices, _stop(body), stream, include_usage, qttt, _bool(body, "skip_special_tokens", True))
 
 
 def _object(body: Any) -> dict:
@@ -309,8 +313,14 @@ def parse_chat(body: Any, served: ServedModel, limits: Limits = Limits()) -> Gen
     messages = parse_messages(body.get("messages"))
     if not served.has_chat_template:
         raise _bad("messages", f"model '{served.name}' has no chat template; use /v1/completions")
+    kwargs = body.get("chat_template_kwargs") or {}
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) and k.isidentifier() for k in kwargs):
+        raise _bad("chat_template_kwargs", "'chat_template_kwargs' must be an object of template variables")
+    reserved = sorted(set(kwargs) & {"messages", "add_generation_prompt", "tools", "documents"})
+    if reserved:
+        raise _bad("chat_template_kwargs", f"chat_template_kwargs cannot set {', '.join(reserved)}")
     try:
-        ids = served.chat_ids(messages)
+        ids = served.chat_ids(messages, **kwargs)
     except CtxlabError as e:
         raise _bad("messages", str(e)) from None
     max_tokens = _int(body, "max_completion_tokens", None, 1)
