@@ -313,3 +313,17 @@ def test_client_leaving_mid_stream_cancels_and_restores(srv, client, served):
         assert same_weights(served.model, saved)
         after = client.chat.completions.create(max_tokens=16, **kw)
         assert after.choices[0].message.content == plain.choices[0].message.content
+
+
+def test_a_failing_batch_is_a_500_and_the_server_goes_on(srv, client, monkeypatch):
+    import ctxlab.serve.worker as worker_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated kernel failure")
+
+    monkeypatch.setattr(worker_module, "run_batch", broken)
+    with pytest.raises(openai.InternalServerError) as e:
+        client.completions.create(model="bundled", prompt="hi", max_tokens=4)
+    assert e.value.status_code == 500 and "simulated kernel failure" in e.value.message
+    monkeypatch.undo()
+    assert client.completions.create(model="bundled", prompt="hi", max_tokens=4).usage.completion_tokens >= 1

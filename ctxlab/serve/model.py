@@ -44,12 +44,12 @@ class ServedModel:
              notices: list[str] | None = None) -> ServedModel:
         from ctxlab.models.loading import load_model, resolve_model_path
 
-        path = resolve_model_path(model)
-        tok = Tokenizer.from_dir(path)  # a missing/broken tokenizer fails before the weights are read
-        loaded = load_model(path, dtype=dtype, device=device)
+        Tokenizer.from_dir(resolve_model_path(model))  # a missing/broken tokenizer fails before the weights load
+        loaded = load_model(model, dtype=dtype, device=device)  # resolved as the native eval backend resolves it
         if notices is not None:
             notices.extend(loaded.notices)
-        return cls(name or str(model), loaded.model, tok, loaded.path, dict(loaded.generation_config))
+        return cls(name or str(model), loaded.model, Tokenizer.from_dir(loaded.path), loaded.path,
+                   dict(loaded.generation_config))
 
     @property
     def max_context(self) -> int:

@@ -277,13 +277,13 @@ class Worker:
             j.emit(Failed(err))
 
     def _run_plain(self, jobs: list[Job]) -> None:
-        stops = {id(j): self.served.stop_criteria(j.request.stop) for j in jobs}
-        rows = [_Row(j, c.index, list(c.prompt), c.params, stops[id(j)]) for j in jobs for c in j.request.choices]
         self.stats.requests += len(jobs)
         self.stats.batches += 1
-        self.stats.rows += len(rows)
-        self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(rows))
         try:
+            stops = {id(j): self.served.stop_criteria(j.request.stop) for j in jobs}
+            rows = [_Row(j, c.index, list(c.prompt), c.params, stops[id(j)]) for j in jobs for c in j.request.choices]
+            self.stats.rows += len(rows)
+            self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(rows))
             run_batch(self.served.model, rows, self._eos)
         except Exception as e:  # noqa: BLE001 - one failed batch must not take the server down
             self._fail(jobs, e)
