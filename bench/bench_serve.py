@@ -219,7 +219,10 @@ def main() -> None:
     body = (f"Command: {command} (model `{args.model}`, {args.threads} server torch thread(s), prompts of "
             f"{args.prompt_tokens} tokens, {args.max_tokens} greedy answer tokens, streamed chat completions over "
             f"loopback, {args.requests} requests per level; load average at the end {load:.1f}).\n\n"
-            f"{table(rows, cols)}\n\nServer: {env}\n")
+            f"{table(rows, cols)}\n\nLatency = request sent → last byte; TTFT = request sent → first content "
+            f"chunk; p99 of a level is about its slowest request; mean_batch = choices per batch from the server's "
+            f"/v1/ctxlab/stats; peak_rss_mb = the server's RSS sampled every 50 ms during the level (the KV caches of "
+            f"a batch are allocated per batch and freed after it).\n\nServer: {env}\n")
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"serve-{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.model)}"
     stem.with_suffix(".json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
