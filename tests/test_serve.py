@@ -90,6 +90,8 @@ def test_models_health_and_page(srv, client):
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-4o")
     assert get_json(srv.url + "/health") == (200, {"status": "ok"})
+    status, stats = get_json(srv.base_url + "/ctxlab/stats")
+    assert status == 200 and stats["max_batch"] == 8 and stats["queued"] == 0 and "qttt_requests" in stats
     with urllib.request.urlopen(srv.url + "/", timeout=30) as r:
         page = r.read().decode()
     assert r.headers["content-type"].startswith("text/html")
@@ -327,3 +329,41 @@ def test_a_failing_batch_is_a_500_and_the_server_goes_on(srv, client, monkeypatc
     assert e.value.status_code == 500 and "simulated kernel failure" in e.value.message
     monkeypatch.undo()
     assert client.completions.create(model="bundled", prompt="hi", max_tokens=4).usage.completion_tokens >= 1
+
+
+def test_streamed_choices_and_a_full_queue(srv, client):
+    kw = dict(model="bundled", prompt=PROMPTS[4], max_tokens=10, temperature=0.9, seed=11, n=3)
+    plain = client.completions.create(**kw)
+    texts = {0: "", 1: "", 2: ""}
+    for chunk in client.completions.create(stream=True, **kw):
+        for c in chunk.choices:
+            texts[c.index] += c.text
+    assert texts == {c.index: c.text for c in plain.choices} and len(set(texts.values())) > 1
+
+    srv.worker.max_queue, saved = 1, srv.worker.max_queue
+    errors: list[Exception] = []
+
+    def one() -> None:
+        try:
+            openai.OpenAI(base_url=srv.base_url, api_key="unused", max_retries=0).completions.create(
+                model="bundled", prompt="hi", max_tokens=2)
+        except openai.APIError as e:
+            errors.append(e)
+
+    try:
+        with srv.worker.paused():
+            first = [threading.Thread(target=one) for _ in range(2)]  # one held by the paused worker, one queued
+            for t in first:
+                t.start()
+                deadline = time.monotonic() + 30
+                while srv.worker.queued < first.index(t) + 1 and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            with pytest.raises(openai.RateLimitError) as e:
+                openai.OpenAI(base_url=srv.base_url, api_key="unused", max_retries=0).completions.create(
+                    model="bundled", prompt="hi", max_tokens=2)
+            assert e.value.code == "queue_full"
+    finally:
+        srv.worker.max_queue = saved
+    for t in first:
+        t.join(60)
+    assert errors == []  # the two accepted requests were answered
