@@ -187,7 +187,7 @@ def card(
 def chat(
     target: Annotated[str, typer.Argument(metavar="MODEL|tickets", help="a model (checkpoint dir, hub id, bundled) "
                                                                         "for a plain chat, or the app `tickets`")],
-    app_model: Annotated[str | None, typer.Argument(metavar="[MODEL]", help="tickets: the agent's model")] = None,
+    app_model: Annotated[str | None, typer.Argument(metavar="MODEL", help="tickets: the agent's model")] = None,
     model: Annotated[str | None, typer.Option(help="tickets: the agent's model (instead of the argument)")] = None,
     user_script: Annotated[Path | None, typer.Option(help="batch mode: one user utterance per line")] = None,
     max_turns: Annotated[int | None, typer.Option(min=1, help="user turns at most (tickets default 20)")] = None,

@@ -317,6 +317,23 @@ def test_client_leaving_mid_stream_cancels_and_restores(srv, client, served):
         assert after.choices[0].message.content == plain.choices[0].message.content
 
 
+def test_client_leaving_a_non_streamed_request_cancels_it(srv, client):
+    import http.client
+
+    cancelled = srv.worker.stats.cancelled
+    body = json.dumps({"model": "bundled", "prompt": PROMPTS[5], "max_tokens": 4000, "temperature": 0})
+    conn = http.client.HTTPConnection("127.0.0.1", int(srv.url.rsplit(":", 1)[1]), timeout=0.5)
+    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    with pytest.raises(TimeoutError):
+        conn.getresponse()  # 4000 tokens take longer than half a second here
+    conn.close()
+    deadline = time.monotonic() + 60
+    while srv.worker.stats.cancelled == cancelled and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.worker.stats.cancelled == cancelled + 1
+    srv.wait_idle()
+
+
 def test_a_failing_batch_is_a_500_and_the_server_goes_on(srv, client, monkeypatch):
     import ctxlab.serve.worker as worker_module
 

@@ -36,6 +36,7 @@ from ctxlab.serve.schemas import APIError, GenRequest, Limits, parse_chat, parse
 from ctxlab.serve.worker import Done, Event, Failed, Finished, Job, Token, Worker
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
+DISCONNECT_CHECK_S = 0.25  # how often a non-streamed request looks for its client
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop"}
 
 
@@ -137,12 +138,17 @@ class Server:
     async def _collect(self, request: Request, req: GenRequest, job: Job, events: EventQueue,
                        meta: dict) -> Response:
         finished: dict[int, Finished] = {}
+        checked = time.monotonic()
         while True:
             try:
-                ev = await asyncio.wait_for(events.queue.get(), timeout=0.5)
+                ev = await asyncio.wait_for(events.queue.get(), timeout=DISCONNECT_CHECK_S)
             except TimeoutError:
+                ev = None
+            if time.monotonic() - checked >= DISCONNECT_CHECK_S:  # tokens may arrive faster than any timeout
+                checked = time.monotonic()
                 if await request.is_disconnected():
                     return Response(status_code=499)  # nobody reads it; the finally cancels the job
+            if ev is None:
                 continue
             if isinstance(ev, Failed):
                 return error_response(ev.error)
