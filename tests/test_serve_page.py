@@ -70,3 +70,17 @@ def test_page_chats_in_chromium(browser, tmp_path):
         assert has_colour(img[:40], ACCENT)  # the header bar
         assert has_colour(img[40:300, 500:], USER_BUBBLE)  # the user's message on the right
         assert img[..., :3].std() > 0.05  # not a blank page
+
+        # Stop mid-answer: the page aborts its fetch, the server cancels the request at the next token
+        cancelled = srv.worker.stats.cancelled
+        browser.eval("document.getElementById('max_tokens').value = 4000")
+        browser.eval("document.getElementById('input').focus()")
+        browser.type("Count: one two three")
+        browser.press("Enter", 13)
+        browser.wait_for("document.querySelectorAll('.msg.assistant')[1].textContent.length > 0")
+        browser.eval("document.getElementById('stop').click()")
+        browser.wait_for("document.querySelectorAll('.meta').length === 2")
+        assert browser.eval("document.querySelectorAll('.meta')[1].textContent") == "stopped"
+        browser.wait_for("!document.getElementById('send').disabled")
+        srv.wait_idle()
+        assert srv.worker.stats.cancelled == cancelled + 1
