@@ -66,18 +66,26 @@ def test_eval_through_serve_matches_native(server_process, tmp_path):
     assert proc.wait(timeout=60) == 0
 
 
-def test_serve_bad_input_is_one_line(tmp_path):
+def test_serve_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
     import socket
 
+    from ctxlab.cli import main
+
+    for args, needle in ((["--port", "70000"], "--port must be in [0, 65535]"),
+                         (["--max-batch", "0"], "--max-batch must be >= 1"),
+                         (["--threads", "0"], "--threads must be >= 1"),
+                         (["--log-level", "loud"], "--log-level must be")):
+        monkeypatch.setattr(sys, "argv", ["ctxlab", "serve", "bundled", *args])
+        with pytest.raises(SystemExit) as e:
+            main()  # validated before anything is bound or loaded
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen(1)
     port = str(taken.getsockname()[1])
     for args, needle in ((["bundled", "--port", port], f"cannot listen on 127.0.0.1:{port}"),
-                         (["bundled", "--port", "70000"], "--port must be in [0, 65535]"),
-                         (["bundled", "--max-batch", "0"], "--max-batch must be >= 1"),
-                         (["bundled", "--threads", "0"], "--threads must be >= 1"),
-                         ([str(tmp_path / "nope")], "model not found")):
+                         ([str(tmp_path / "nope"), "--port", "0"], "model not found")):
         r = ctxlab("serve", *args, timeout=120)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr

@@ -12,7 +12,8 @@ Batched rows see other shapes of the same matmuls, so their logits may differ fr
 float bits (as in any batching server); `--max-batch 1` makes every answer bit-identical to the native backend.
 
 Events go to each request's `emit` callback (called on this thread): Token(index, id), Finished(index, reason,
-ids, new_tokens), Failed(APIError), Done(usage_extra).
+ids, new_tokens), then Done(usage_extra), or Failed(APIError) (500 when generation failed, 503 when the server
+stopped first).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Done:
 
 
 Event = Token | Finished | Failed | Done
+SHUTTING_DOWN = APIError("the server is shutting down", status=503, type="server_error", code="shutting_down")
 
 
 class Job:
@@ -166,6 +168,7 @@ class Worker:
         self._gate.set()
         self._thread = threading.Thread(target=self._loop, name="ctxlab-serve-worker", daemon=True)
         self._eos = frozenset(served.eos_ids)
+        self._stopping = False
 
     # ---- control
 
@@ -173,18 +176,18 @@ class Worker:
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Refuse what is queued (503), end the running jobs at their next token, and join the thread."""
-        gone = APIError("the server is shutting down", status=503, type="server_error", code="shutting_down")
+        """Refuse what is queued (503), end the running jobs at their next token (503 too), join the thread."""
+        self._stopping = True
         while True:
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 break
             if job is not None:
-                job.emit(Failed(gone))
+                job.emit(Failed(SHUTTING_DOWN))
         held, self._held = self._held, None
         if held is not None:
-            held.emit(Failed(gone))
+            held.emit(Failed(SHUTTING_DOWN))
         for job in list(self._running):
             job.cancel()
         self._queue.put(None)
@@ -289,9 +292,13 @@ class Worker:
             self._fail(jobs, e)
             return
         for j in jobs:
-            if j.cancelled:
-                self.stats.cancelled += 1
-            j.emit(Done())
+            self._end(j)
+
+    def _end(self, job: Job, extra: dict[str, Any] | None = None) -> None:
+        """The job's last event: Done, or a 503 when the server itself cut it short."""
+        if job.cancelled:
+            self.stats.cancelled += 1
+        job.emit(Failed(SHUTTING_DOWN) if job.cancelled and self._stopping else Done(extra or {}))
 
     def _run_qttt(self, job: Job) -> None:
         from ctxlab.ttt.flops import ArchCost
@@ -317,15 +324,13 @@ class Worker:
         reason = "cancelled" if job.cancelled else res.finish_reason
         new = len(res.ids) + (res.finish_reason == "eos")
         job.emit(Finished(choice.index, reason, tuple(res.ids), new))
-        if job.cancelled:
-            self.stats.cancelled += 1
         rep = res.report
         flops = qttt_flops(ArchCost.from_config(self.served.model.cfg), res)
-        job.emit(Done({"qttt": {
+        self._end(job, {"qttt": {
             "steps": rep.steps, "span": rep.span, "lr": cfg.lr, "seed": cfg.seed, "region": list(rep.region),
             "loss_first_step": rep.losses[0] if rep.losses else None,
             "loss_last_step": rep.losses[-1] if rep.losses else None,
             "probe_loss_before": rep.probe_loss_before, "probe_loss_after": rep.probe_loss_after,
             "flops": flops, "flops_unit": "multiply-accumulates (paper convention; x2 for hardware FLOPs)",
             "prefill_seconds": res.prefill_s, "adapt_seconds": res.adapt_s, "decode_seconds": res.decode_s,
-        }}))
+        }})
