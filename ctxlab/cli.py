@@ -208,26 +208,97 @@ def card(
 
 @app.command()
 def chat(
-    app_name: Annotated[str, typer.Argument(metavar="APP", help="the chat app (only: tickets)")],
-    model: ModelArg,
+    target: Annotated[str, typer.Argument(metavar="MODEL|tickets", help="a model (checkpoint dir, hub id, bundled) "
+                                                                        "for a plain chat, or the app `tickets`")],
+    app_model: Annotated[str | None, typer.Argument(metavar="MODEL", help="tickets: the agent's model")] = None,
+    model: Annotated[str | None, typer.Option(help="tickets: the agent's model (instead of the argument)")] = None,
     user_script: Annotated[Path | None, typer.Option(help="batch mode: one user utterance per line")] = None,
-    simulate_user: Annotated[bool, typer.Option(help="batch mode: a rule-based user with a sampled goal")] = False,
-    seed: Annotated[int, typer.Option(help="the simulated user's goal")] = 0,
-    db: Annotated[Path | None, typer.Option(help="SQLite booking database (default: a temporary one)")] = None,
-    max_turns: Annotated[int, typer.Option(min=1, help="user turns at most")] = 20,
-    transcript: Annotated[Path | None, typer.Option(help="write STEM.jsonl and STEM.txt (batch default: "
+    max_turns: Annotated[int | None, typer.Option(min=1, help="user turns at most (tickets default 20)")] = None,
+    seed: Annotated[int, typer.Option(help="tickets: the simulated user's goal; MODEL: the sampling seed")] = 0,
+    device: DeviceOpt = "cpu",
+    system: Annotated[str | None, typer.Option(help="MODEL: the system message")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="MODEL: answer tokens at most (512)")] = None,
+    temperature: Annotated[float | None, typer.Option(help="MODEL: 0 = greedy (default 0.7)")] = None,
+    top_p: Annotated[float | None, typer.Option(help="MODEL: nucleus sampling mass (default 1 = off)")] = None,
+    top_k: Annotated[int | None, typer.Option(help="MODEL: top-k sampling (default 0 = off)")] = None,
+    threads: Annotated[int | None, typer.Option(help="MODEL: torch CPU threads")] = None,
+    dtype: DtypeOpt = None,
+    simulate_user: Annotated[bool, typer.Option(help="tickets batch mode: a rule-based user with a sampled goal")]
+    = False,
+    db: Annotated[Path | None, typer.Option(help="tickets: SQLite booking database (default: a temporary one)")]
+    = None,
+    transcript: Annotated[Path | None, typer.Option(help="tickets: write STEM.jsonl and STEM.txt (batch default: "
                                                          "runs/chat/tickets-<time>)")] = None,
-    agent_first: Annotated[bool, typer.Option(help="the agent greets first")] = False,
-    max_calls: Annotated[int, typer.Option(min=1, help="API calls per agent turn at most")] = 4,
+    agent_first: Annotated[bool, typer.Option(help="tickets: the agent greets first")] = False,
+    max_calls: Annotated[int | None, typer.Option(min=1, help="tickets: API calls per agent turn at most (4)")]
+    = None,
+) -> None:
+    """Chat in the terminal: `ctxlab chat MODEL` talks to any model (history + its chat template);
+    `ctxlab chat tickets MODEL` talks to a TicketTalk agent that books movie tickets through real API calls."""
+    if target == "tickets":
+        if app_model is not None and model is not None and app_model != model:
+            raise CtxlabError("give the tickets agent's model once (argument or --model)")
+        agent_model = app_model or model
+        if agent_model is None:
+            raise CtxlabError("`ctxlab chat tickets` needs the agent's model for now: ctxlab chat tickets MODEL")
+        given = [name for name, v in (("--system", system), ("--max-new-tokens", max_new_tokens),
+                                      ("--temperature", temperature), ("--top-p", top_p), ("--top-k", top_k),
+                                      ("--threads", threads), ("--dtype", dtype)) if v is not None]
+        if given:
+            raise CtxlabError(f"{given[0]} applies to `ctxlab chat MODEL`, not to the tickets app")
+        from ctxlab.apps.tickets.chat import chat_cli
+
+        chat_cli(agent_model, user_script, db, max_turns or 20, simulate_user=simulate_user, seed=seed,
+                 transcript=transcript, agent_first=agent_first, max_calls=max_calls or 4, device=device)
+        return
+    if app_model is not None:
+        raise CtxlabError(f"unknown chat app {target!r}; available: tickets (or `ctxlab chat MODEL` for a plain "
+                          "chat with a model)")
+    if model is not None:
+        raise CtxlabError("--model is for `ctxlab chat tickets`; for a plain chat the model is the argument")
+    given = [name for name, v in (("--simulate-user", simulate_user or None), ("--db", db),
+                                  ("--transcript", transcript), ("--agent-first", agent_first or None),
+                                  ("--max-calls", max_calls)) if v is not None]
+    if given:
+        raise CtxlabError(f"{given[0]} applies to `ctxlab chat tickets` only")
+    from ctxlab.serve.repl import chat_repl
+
+    utterances = None
+    if user_script is not None:
+        from ctxlab.apps.tickets.chat import read_user_script
+
+        utterances = read_user_script(user_script)
+    chat_repl(target, system=system, max_new_tokens=max_new_tokens or 512,
+              temperature=0.7 if temperature is None else temperature, top_p=1.0 if top_p is None else top_p,
+              top_k=top_k or 0, seed=seed, max_turns=max_turns, threads=threads, dtype=dtype, device=device,
+              utterances=utterances)
+
+
+@app.command()
+def serve(
+    model: ModelArg,
+    host: Annotated[str, typer.Option(help="address to listen on (loopback by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0 = any free port, printed at start)")] = 8000,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's; the effective number "
+                                                     "is printed)")] = None,
+    name: Annotated[str | None, typer.Option(help="the model id clients send (default: MODEL as given)")] = None,
+    max_batch: Annotated[int, typer.Option(help="choices decoded together in one batch (1 = one request at a "
+                                                "time, bit-identical to the native backend)")] = 8,
+    max_queue: Annotated[int, typer.Option(help="requests waiting at most; more are refused with 429")] = 256,
+    max_qttt_steps: Annotated[int, typer.Option(help="qTTT steps a request may ask for (0 = qTTT off)")] = 256,
+    default_max_tokens: Annotated[int, typer.Option(help="answer tokens of a chat request that sets no max_tokens "
+                                                         "(at most the rest of the context)")] = 1024,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level (info shows every request)")] = "warning",
+    dtype: DtypeOpt = None,
     device: DeviceOpt = "cpu",
 ) -> None:
-    """Chat with a TicketTalk agent (`ctxlab chat tickets MODEL`): it books movie tickets through real API calls."""
-    if app_name != "tickets":
-        raise CtxlabError(f"unknown chat app {app_name!r}; available: tickets")
-    from ctxlab.apps.tickets.chat import chat_cli
+    """Serve MODEL over the OpenAI API (/v1/models, /v1/completions, /v1/chat/completions, streaming), with qTTT
+    per request (`"ctxlab": {"qttt": {"steps": 32, "span": 128, "lr": 1e-5}}`) and a chat page at /."""
+    from ctxlab.serve.app import ServeConfig, serve_cli
 
-    chat_cli(model, user_script, db, max_turns, simulate_user=simulate_user, seed=seed, transcript=transcript,
-             agent_first=agent_first, max_calls=max_calls, device=device)
+    serve_cli(ServeConfig(model, host, port, threads=threads, name=name, max_batch=max_batch, max_queue=max_queue,
+                          max_qttt_steps=max_qttt_steps, default_max_tokens=default_max_tokens, log_level=log_level,
+                          dtype=dtype, device=device))
 
 
 @app.command("synth-qa")

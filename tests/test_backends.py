@@ -127,6 +127,10 @@ def test_openai_chat_and_completions(server, monkeypatch):
     assert req["path"] == "/v1/chat/completions" and req["auth"] == "Bearer sk-test"
     assert req["body"]["messages"][0] == {"role": "system", "content": "be brief"}
     assert req["body"]["max_tokens"] == 5 and req["body"]["stop"] == ["\n"] and req["body"]["model"] == "fake-model"
+    assert "chat_template_kwargs" not in req["body"] and "skip_special_tokens" not in req["body"]  # not ctxlab serve
+    openai(server, native_prompts="on").generate(["hi"], max_new_tokens=2)
+    assert server.requests[-1]["body"]["chat_template_kwargs"] == {"enable_thinking": False}
+    assert server.requests[-1]["body"]["skip_special_tokens"] is False
 
     monkeypatch.delenv("OPENAI_API_KEY")
     b = openai(server, api="completions")

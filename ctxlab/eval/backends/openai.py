@@ -6,9 +6,12 @@ POST {base_url}/chat/completions (default) or {base_url}/completions, with the s
 - Robustness: a timeout per request; retries with exponential backoff and jitter on 408/409/429/5xx, timeouts and
   dropped connections (honouring Retry-After); other HTTP errors fail at once with the server's message; at most
   `concurrency` requests in flight (a thread pool).
-- Context length: option context_length, else `max_model_len` from GET {base_url}/models (vLLM, SGLang), else
-  unknown (prompts are then sent untruncated). Token counts are approximate unless option tokenizer names a local
-  tokenizer (checkpoint directory or hub id).
+- Context length: option context_length, else `max_model_len` from GET {base_url}/models (vLLM, SGLang, ctxlab
+  serve), else unknown (prompts are then sent untruncated).
+- Native prompts (option native_prompts, default auto = when /models says the server is `ctxlab serve`): requests
+  carry vLLM's `chat_template_kwargs: {"enable_thinking": false}` and `skip_special_tokens: false`, so the server
+  renders and decodes exactly as the native backend's in-context strategy does and the metrics agree.
+- Token counts are approximate unless option tokenizer names a local tokenizer (checkpoint directory or hub id).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
@@ -65,6 +69,8 @@ class OpenAIBackend(BaseBackend):
         "context_length": Option(int, None, "the model's context in tokens (default: ask the server)"),
         "tokenizer": Option(str, None, "local tokenizer (checkpoint dir or hub id) for exact token counts"),
         "system": Option(str, None, "system message for the chat API"),
+        "native_prompts": Option(str, "auto", "thinking off and special tokens kept, as the native backend (vLLM "
+                                 "extensions; auto = only when the server is ctxlab serve)", ("auto", "on", "off")),
         **RETRY_OPTIONS,
     }
 
@@ -76,7 +82,8 @@ class OpenAIBackend(BaseBackend):
         self.api_key = os.environ.get("OPENAI_API_KEY")
         self._tokenizer = local_tokenizer(options["tokenizer"])
         self._context = options["context_length"]
-        self._context_checked = self._context is not None
+        self._card: dict | None = None  # the served model's /models entry, fetched once
+        self._card_lock = threading.Lock()
 
     @classmethod
     def check_ready(cls, model: str, options: Mapping[str, Any]) -> None:
@@ -134,6 +141,11 @@ class OpenAIBackend(BaseBackend):
         body: dict[str, Any] = {"model": self.model, "max_tokens": max_new_tokens, "temperature": float(temperature)}
         if stop:
             body["stop"] = list(stop)
+        native = self.options["native_prompts"]
+        if native == "on" or (native == "auto" and self.server_card().get("owned_by") == "ctxlab"):
+            body["skip_special_tokens"] = False
+            if self.options["api"] == "chat":
+                body["chat_template_kwargs"] = {"enable_thinking": False}
         if self.options["api"] == "chat":
             system = self.options["system"]
             msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
@@ -163,16 +175,23 @@ class OpenAIBackend(BaseBackend):
     def tokenizer_like(self) -> Any:
         return self._tokenizer or super().tokenizer_like()
 
+    def server_card(self) -> dict:
+        """The served model's entry in GET {base_url}/models ({} when the server has no such route or entry)."""
+        with self._card_lock:
+            if self._card is None:
+                self._card = {}
+                try:
+                    obj = self._request("GET", "/models", None)
+                    for m in obj.get("data") or []:
+                        if isinstance(m, dict) and m.get("id") == self.model:
+                            self._card = m
+                except (CtxlabError, RetryableError):
+                    pass  # servers without /models: nothing known
+            return self._card
+
     @property
     def context_length(self) -> int | None:
-        if not self._context_checked:
-            self._context_checked = True
-            try:
-                obj = self._request("GET", "/models", None)
-                for m in obj.get("data") or []:
-                    if isinstance(m, dict) and m.get("id") == self.model and isinstance(m.get("max_model_len"), int):
-                        self._context = m["max_model_len"]
-            except (CtxlabError, RetryableError):
-                self._context = None  # servers without /models (or without max_model_len): unknown
+        if self._context is None and isinstance(self.server_card().get("max_model_len"), int):
+            self._context = self.server_card()["max_model_len"]
         return self._context
 
