@@ -60,8 +60,8 @@ def generate(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Stream a completion of PROMPT to stdout."""
+    from ctxlab.commands.generate import stream_text
     from ctxlab.engine.sampling import SamplingParams
-    from ctxlab.generation import stream_text
 
     params = SamplingParams(
         temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
@@ -87,7 +87,7 @@ def ttt(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Query-only test-time training: one prefill, N steps on W_Q against the frozen cache, then the answer."""
-    from ctxlab.ttt.command import run_ttt_cli
+    from ctxlab.commands.ttt import run_ttt_cli
 
     try:
         text = context.read_text()
@@ -104,7 +104,7 @@ def train(
     resume: Annotated[bool, typer.Option(help="continue from the last checkpoint in the config's out_dir")] = False,
 ) -> None:
     """Train on the one loop: pretraining, supervised fine-tuning or DPO, with HF-format checkpoints."""
-    from ctxlab.train.cli import train_cli
+    from ctxlab.train.run import train_cli
 
     if kind not in ("pretrain", "sft", "dpo"):
         raise CtxlabError(f"unknown training kind {kind!r}; choose from pretrain, sft, dpo")
@@ -143,7 +143,7 @@ def eval_cmd(
 ) -> None:
     """Evaluate MODEL on tasks; per-sample results are committed as they finish (resume with --resume).
     Data parallel: torchrun --nproc-per-node N -m ctxlab eval ..."""
-    from ctxlab.eval.cli import eval_cli
+    from ctxlab.commands.eval import eval_cli
 
     eval_cli(model, tasks, strategy, budget_think_tokens, limit, data_dir or (), out, resume, backend,
              base_url=base_url, api=api, concurrency=concurrency, timeout=timeout, max_retries=max_retries,
@@ -156,7 +156,7 @@ def eval_cmd(
 @app.command()
 def tasks() -> None:
     """List the evaluation tasks with versions, languages, metrics and truncation policies."""
-    from ctxlab.eval.cli import tasks_cli
+    from ctxlab.commands.eval import tasks_cli
 
     tasks_cli()
 
@@ -167,7 +167,7 @@ def report(
     out_png: Annotated[str, typer.Option(help="bar chart path ('' = none)")] = "report.png",
 ) -> None:
     """Compare runs side by side: a table of scores ± stderr and a PNG chart."""
-    from ctxlab.eval.cli import report_cli
+    from ctxlab.commands.eval import report_cli
 
     report_cli(run_dirs, out_png or None)
 
@@ -178,7 +178,7 @@ def card(
     fmt: Annotated[str, typer.Option("--format", help="md, html or json")] = "md",
 ) -> None:
     """Print a task's GEM-style data card."""
-    from ctxlab.eval.cli import card_cli
+    from ctxlab.commands.eval import card_cli
 
     card_cli(name, fmt)
 
@@ -229,7 +229,7 @@ def synth_qa(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Generate synthetic question-answer pairs for CONTEXTS with MODEL, filter them, write SQuAD JSON."""
-    from ctxlab.apps.synthqa_cli import synth_qa_cli
+    from ctxlab.apps.synthqa.command import synth_qa_cli
 
     synth_qa_cli(model, contexts, out, per_context=per_context, min_roundtrip_f1=min_roundtrip_f1,
                  roundtrip=roundtrip, qa_model=qa_model, temperature=temperature, top_p=top_p, seed=seed, lang=lang,
@@ -264,7 +264,7 @@ def demo(
 ) -> None:
     """The long-context sandbox demo: accuracy and evidence attention of in-context answering, thinking and qTTT
     at matched compute as the context grows."""
-    from ctxlab.demo import demo_cli
+    from ctxlab.apps.demo.sweep import demo_cli
 
     demo_cli(model, tasks, lengths, n, strategies, think_budget, qttt_steps, qttt_span, qttt_lr, seed, out_dir,
              quick, max_answer_tokens=max_answer_tokens, threads=threads, qttt_region=qttt_region)

@@ -1,4 +1,4 @@
-"""Synthetic multilingual QA experiment end to end (see ctxlab/apps/synthqa_experiment.py).
+"""Synthetic multilingual QA experiment end to end (see ctxlab/apps/synthqa/experiment.py).
 
     .venv/bin/python scripts/synthqa_experiment.py --out runs/synthqa            # default: <= 25 min, 2 CPU cores
     .venv/bin/python scripts/synthqa_experiment.py --out /tmp/sq-tiny --tiny     # < 1 min smoke run
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ctxlab.apps.synthqa_experiment import make_config, run_experiment
+from ctxlab.apps.synthqa.experiment import make_config, run_experiment
 from ctxlab.errors import CtxlabError
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ctxlab import demo
+from ctxlab.apps.demo import sweep as demo
 from ctxlab.errors import CtxlabError
-from ctxlab.scratch import build_checkpoint
+from ctxlab.train.scratch import build_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_partial_run_leaves_valid_results(tiny, tmp_path, monkeypatch):
 
 def test_thinking_from_qttt_matching(tiny, tmp_path):
     from ctxlab.models.loading import load_model
-    from ctxlab.ttt.flops import ArchCost
+    from ctxlab.strategies.flops import ArchCost
 
     r = demo.demo_cli(model=str(tiny), tasks="kv", lengths=[128], n=1, qttt_steps=3, qttt_span=8,
                       out_dir=str(tmp_path / "rev"))
@@ -147,10 +147,10 @@ def test_thinking_from_qttt_matching(tiny, tmp_path):
 
 def check_results(out: Path, tasks: list[str], lengths: list[int], n: int) -> dict:
     from ctxlab.models.loading import load_model
-    from ctxlab.ttt.flops import ArchCost
+    from ctxlab.strategies.flops import ArchCost
 
     d = json.loads((out / "results.json").read_text())
-    assert d["schema"] == "ctxlab.demo/1" and d["status"] == "complete"
+    assert d["schema"] == "ctxlab.apps.demo.sweep/1" and d["status"] == "complete"
     assert d["config"]["tasks"] == tasks and d["config"]["lengths"] == lengths and d["config"]["n"] == n
     assert d["config"]["quick"] is True
     assert {"python", "packages", "git", "torch_threads"} <= set(d["env"]) and "torch" in d["env"]["packages"]
@@ -214,7 +214,7 @@ def test_quick_on_bundled_model(tmp_path):
 
 @pytest.mark.parametrize("region", ["context", "prompt"])
 def test_qttt_region_reaches_the_adaptation(tiny, tmp_path, monkeypatch, region):
-    import ctxlab.ttt.qttt as qttt
+    import ctxlab.strategies.qttt as qttt
 
     seen = []
     real = qttt.adapted

@@ -21,9 +21,9 @@ from typing import Any, ClassVar
 
 import pytest
 
+from ctxlab.commands.eval import card_cli, eval_cli, report_cli, tasks_cli
 from ctxlab.errors import CtxlabError
 from ctxlab.eval.backends.base import BaseBackend, Option, pool_imap
-from ctxlab.eval.cli import card_cli, eval_cli, report_cli, tasks_cli
 from ctxlab.eval.results import load_results
 from ctxlab.eval.runner import EvalConfig, plan, run_eval
 from ctxlab.eval.store import RunStore
@@ -87,7 +87,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    from ctxlab.scratch import build_checkpoint
+    from ctxlab.train.scratch import build_checkpoint
 
     return build_checkpoint(tmp_path_factory.mktemp("ev") / "tiny", max_len=320)
 
@@ -95,7 +95,7 @@ def ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ckpt_long(tmp_path_factory) -> Path:
     """Context long enough that no strategy needs to cut the prompt (FLOPs then compare like for like)."""
-    from ctxlab.scratch import build_checkpoint
+    from ctxlab.train.scratch import build_checkpoint
 
     return build_checkpoint(tmp_path_factory.mktemp("ev") / "tiny1k", max_len=1024)
 

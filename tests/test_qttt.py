@@ -1,5 +1,5 @@
-"""qTTT (ctxlab.ttt.qttt) on tiny random checkpoints of every family: only W_Q moves, bit-exact restore (also after
-an exception or KeyboardInterrupt mid-adaptation), frozen cache, one prefill, learning on a real context, and the
+"""qTTT (ctxlab.strategies.qttt) on tiny random checkpoints of every family: only W_Q moves, bit-exact restore (also
+after an exception or KeyboardInterrupt mid-adaptation), frozen cache, one prefill, learning on a real context, and the
 evidence-attention diagnostic; plus the strategies and the CLI body on a scratch checkpoint."""
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ from ctxlab.models import layers as model_layers
 from ctxlab.models.cache import KVCache
 from ctxlab.models.layers import GemmaRMSNorm
 from ctxlab.models.loading import load_model
-from ctxlab.ttt.diagnostics import (
+from ctxlab.strategies.diagnostics import (
     attention_probe,
     attention_probs,
     char_spans_to_tokens,
     diagnose,
     probe_answer,
 )
-from ctxlab.ttt.flops import ArchCost, PaperCost
-from ctxlab.ttt.qttt import QTTTConfig, QuerySnapshot, adapt, adapted, new_qttt_cache, qttt_answer
+from ctxlab.strategies.flops import ArchCost, PaperCost
+from ctxlab.strategies.qttt import QTTTConfig, QuerySnapshot, adapt, adapted, new_qttt_cache, qttt_answer
 from tests.hf_utils import make_hf, randomize, save_hf
 
 FAMILIES = ["qwen3", "llama", "gemma", "llama4_text", "recurrent_gemma"]
@@ -406,8 +406,8 @@ def test_probe_sees_every_layer_and_unwraps(model):
 
 
 def test_char_spans_to_tokens(tmp_path):
-    from ctxlab.scratch import build_checkpoint
     from ctxlab.tokenizer import Tokenizer
+    from ctxlab.train.scratch import build_checkpoint
 
     tok = Tokenizer.from_dir(build_checkpoint(tmp_path / "ck", max_len=512))
     text = "Account A sends 120 to account B. The key is 7f3a and the value is 1942. Done."
@@ -423,8 +423,8 @@ def test_char_spans_to_tokens(tmp_path):
 
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory):
-    from ctxlab.scratch import build_checkpoint
     from ctxlab.tokenizer import Tokenizer
+    from ctxlab.train.scratch import build_checkpoint
 
     path = build_checkpoint(tmp_path_factory.mktemp("scratch") / "ck", max_len=2048)
     return path, load_model(path).model, Tokenizer.from_dir(path)
@@ -434,7 +434,7 @@ CONTEXT = "The key is 7f3a and the value is 1942.\n" + "Account A sends 120 to a
 
 
 def test_strategies_account_flops(scratch):
-    from ctxlab.ttt.strategies import QTTT, InContext, Prompt, SelfConsistency, Thinking, encode_prompt
+    from ctxlab.strategies.native import QTTT, InContext, Prompt, SelfConsistency, Thinking, encode_prompt
 
     _, model, tok = scratch
     cost = ArchCost.from_config(model.cfg)
@@ -466,7 +466,7 @@ def test_strategies_account_flops(scratch):
 
 
 def test_answer_text():
-    from ctxlab.ttt.strategies import answer_text, default_parse
+    from ctxlab.strategies.native import answer_text, default_parse
 
     assert answer_text("<think>so Final: 7?</think>\n\nFinal: 42\nmore") == "42\nmore"
     assert default_parse(answer_text("<think>so Final: 7?</think>\n\nFinal: 42\nmore")) == "42"
@@ -475,8 +475,8 @@ def test_answer_text():
 
 
 def test_scratchpad_thinking_without_template(scratch):
+    from ctxlab.strategies.native import Prompt, Thinking
     from ctxlab.tokenizer import Tokenizer
-    from ctxlab.ttt.strategies import Prompt, Thinking
 
     path, model, _ = scratch
     tok = Tokenizer.from_dir(path)
@@ -486,7 +486,7 @@ def test_scratchpad_thinking_without_template(scratch):
 
 
 def test_run_ttt_cli(scratch):
-    from ctxlab.ttt.command import run_ttt_cli
+    from ctxlab.commands.ttt import run_ttt_cli
 
     path, _, _ = scratch
     out = io.StringIO()
@@ -514,7 +514,7 @@ class ByteTokenizer:
 
 @pytest.mark.parametrize("family", ["llama4_text", "recurrent_gemma"])
 def test_strategies_on_other_families(family, checkpoints):
-    from ctxlab.ttt.strategies import QTTT, Prompt, SelfConsistency
+    from ctxlab.strategies.native import QTTT, Prompt, SelfConsistency
 
     model = load_model(checkpoints[family]).model
     tok, prompt = ByteTokenizer(), Prompt(TEXT, "What did the keeper polish?")

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from ctxlab.apps.synthqa import FILTERS, generation_prompt, generation_target
-from ctxlab.apps.synthqa_cli import generator_prompt, qa_prompt, synth_qa_cli
+from ctxlab.apps.synthqa.command import generator_prompt, qa_prompt, synth_qa_cli
+from ctxlab.apps.synthqa.generator import FILTERS, generation_prompt, generation_target
 from ctxlab.errors import CtxlabError
-from ctxlab.scratch import build_checkpoint
 from ctxlab.tasks.xquad import load_squad
+from ctxlab.train.scratch import build_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "xquad"
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,7 +244,7 @@ def test_tiny_experiment_end_to_end(tmp_path):
 
 
 def test_check_disjoint_finds_escaped_contexts(tmp_path):
-    from ctxlab.apps.synthqa_experiment import check_disjoint
+    from ctxlab.apps.synthqa.experiment import check_disjoint
 
     ctx = 'Er sagte "Nein".\nDann ging er — 东京 \\ weiter.'
     clean, leaky, text = tmp_path / "clean.jsonl", tmp_path / "leaky.jsonl", tmp_path / "corpus.txt"
@@ -258,7 +258,7 @@ def test_check_disjoint_finds_escaped_contexts(tmp_path):
 
 
 def test_experiment_config_validation(tmp_path):
-    from ctxlab.apps.synthqa_experiment import make_config, run_experiment
+    from ctxlab.apps.synthqa.experiment import make_config, run_experiment
 
     with pytest.raises(CtxlabError, match="must include 'en'"):
         make_config(str(tmp_path / "x"), langs=("de", "zh"))

@@ -29,7 +29,10 @@ from ctxlab.apps.tickets.convert import (
     split_conversations,
     write_jsonl,
 )
-from ctxlab.apps.tickets.formats import (
+from ctxlab.apps.tickets.ontology import BUILTIN_APIS, parse_ontology
+from ctxlab.apps.tickets.simulate import SimUser, sim_examples, simulate
+from ctxlab.errors import CtxlabError
+from ctxlab.tasks.tickettalk.formats import (
     ApiCall,
     ApiResponse,
     RewardExample,
@@ -39,9 +42,6 @@ from ctxlab.apps.tickets.formats import (
     parse_items,
     parse_tsv,
 )
-from ctxlab.apps.tickets.ontology import BUILTIN_APIS, parse_ontology
-from ctxlab.apps.tickets.simulate import SimUser, sim_examples, simulate
-from ctxlab.errors import CtxlabError
 
 ONT = parse_ontology(BUILTIN_APIS, "builtin")
 FIND = "<PN>find_theaters<PAN>location<PAV>Spring Hills, Kansas<PAN>name.movie<PAV>No Time To Die"

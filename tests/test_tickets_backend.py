@@ -15,9 +15,9 @@ import pytest
 from ctxlab.apps.tickets import values as V
 from ctxlab.apps.tickets.backend import EMPTY, Backend, format_result, result_to_items
 from ctxlab.apps.tickets.catalogue import BUILTIN_MOVIES, build_catalogue, split_location
-from ctxlab.apps.tickets.formats import ApiCall, parse_items, read_tsv
 from ctxlab.apps.tickets.ontology import BUILTIN_APIS, parse_ontology
 from ctxlab.errors import CtxlabError
+from ctxlab.tasks.tickettalk.formats import ApiCall, parse_items, read_tsv
 
 ONT = parse_ontology(BUILTIN_APIS, "builtin")
 NTTD = {"name.movie": "No Time To Die", "name.theater": "AMC Mountain 16"}  # a built-in showing: 4:30, 7:10, 9:45pm

@@ -1,5 +1,5 @@
 """Training loop, objectives, data and config: loss goes down, resume is exact, SFT masks prompts, DPO starts at
-log 2 and improves, bad configs fail with one clear line. Tiny Qwen3 models from ctxlab.scratch, CPU float32."""
+log 2 and improves, bad configs fail with one clear line. Tiny Qwen3 models from ctxlab.train.scratch, CPU float32."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from torch import nn
 
 from ctxlab.errors import CtxlabError
 from ctxlab.models.loading import load_model
-from ctxlab.scratch import build_checkpoint
 from ctxlab.tokenizer import Tokenizer
 from ctxlab.train import (
     DPOObjective,
@@ -31,6 +30,7 @@ from ctxlab.train import (
     train_cli,
 )
 from ctxlab.train.data import Doc, Pair, dpo_pairs, sft_docs
+from ctxlab.train.scratch import build_checkpoint
 
 CORPUS = ["A list of key: value pairs. Each key appears once.\namber-falcon-river: 123456\n" * 4,
           "Question: is the sky blue? Answer: yes. Question: is fire cold? Answer: no.\n" * 4]
@@ -302,14 +302,14 @@ def test_bundled_configs_are_valid():
 
 
 def test_chunks_pretokenizer_keeps_dash_words_and_digit_groups():
-    from ctxlab.scratch import _pre_tokenizer
+    from ctxlab.train.scratch import _pre_tokenizer
 
     pieces = [p for p, _ in _pre_tokenizer("chunks").pre_tokenize_str("amber-falcon-river: 1234567, A2 -> -15")]
     assert pieces == ["amber", "-falcon", "-river", ":", "Ġ", "123", "456", "7", ",", "ĠA", "2", "Ġ->", "Ġ-", "15"]
 
 
 def test_chunks_sep_pretokenizer_joins_separator_and_first_digit_group():
-    from ctxlab.scratch import _pre_tokenizer
+    from ctxlab.train.scratch import _pre_tokenizer
 
     pieces = [p for p, _ in _pre_tokenizer("chunks-sep").pre_tokenize_str("river: 1234567, A2 -> -15\n 12 | x")]
     assert pieces == ["river", ":Ġ123", "456", "7", ",", "ĠA", "2", "Ġ->", "Ġ-", "15", "Ċ", "Ġ12", "Ġ|", "Ġx"]

@@ -36,11 +36,11 @@ from ctxlab.errors import CtxlabError
 from ctxlab.eval import distributed
 from ctxlab.eval.backends import backend_class
 from ctxlab.eval.backends.base import BaseBackend
-from ctxlab.eval.metrics import METRICS, Metric, aggregate_by
 from ctxlab.eval.results import FLOPS_UNIT, SCHEMA, MetricResult, RunResult, TaskResult, environment
 from ctxlab.eval.store import RunStore, SampleRecord, write_json_atomic, write_jsonl_atomic
-from ctxlab.eval.strategy import Generate, Outcome, Request, TTTStrategy, make_strategy
+from ctxlab.strategies.select import Generate, Outcome, Request, TTTStrategy, make_strategy
 from ctxlab.tasks.base import Sample, Task, TaskRegistry
+from ctxlab.tasks.metrics import METRICS, Metric, aggregate_by
 from ctxlab.tasks.sandbox.common import format_prompt
 
 DEFAULT_MAX_NEW_TOKENS = 64

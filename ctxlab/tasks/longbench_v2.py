@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctxlab.errors import CtxlabError
-from ctxlab.eval.metrics import SampleValue, aggregate_by, get_metric
 from ctxlab.tasks.base import DataCard, Sample, Task
+from ctxlab.tasks.metrics import SampleValue, aggregate_by, get_metric
 from ctxlab.tasks.rows import check_fields, read_rows
 from ctxlab.tasks.truncation import TokenizerLike, truncate_middle
 

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from ctxlab.errors import CtxlabError
-from ctxlab.eval.metrics import SampleValue, get_metric
 from ctxlab.tasks.base import DataCard, Sample, Task
+from ctxlab.tasks.metrics import SampleValue, get_metric
 from ctxlab.tasks.rows import check_fields, read_rows
 from ctxlab.tasks.truncation import TokenizerLike, truncate_keep_suffix
 

@@ -8,11 +8,11 @@
 - cli.py         train_cli(kind, config_path, resume): what `ctxlab train pretrain|sft|dpo` runs
 """
 
-from ctxlab.train.cli import train_cli
 from ctxlab.train.config import TrainConfig, config_from_dict, load_config
 from ctxlab.train.data import PackedDataset, PaddedDataset, PairDataset, pack
 from ctxlab.train.loop import TrainResult, lr_factor, train
 from ctxlab.train.objectives import DPOObjective, LMObjective, Objective
+from ctxlab.train.run import train_cli
 
 __all__ = [
     "DPOObjective", "LMObjective", "Objective", "PackedDataset", "PaddedDataset", "PairDataset", "TrainConfig",

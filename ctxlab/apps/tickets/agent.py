@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ctxlab.apps.tickets.backend import Backend, result_to_items
-from ctxlab.apps.tickets.formats import ApiCall, Item, Start, Utterance, format_item, format_items
-from ctxlab.apps.tickets.metrics import parse_action
 from ctxlab.apps.tickets.ontology import Ontology
 from ctxlab.errors import CtxlabError
+from ctxlab.tasks.tickettalk.formats import ApiCall, Item, Start, Utterance, format_item, format_items
+from ctxlab.tasks.tickettalk.metrics import parse_action
 
 ON_INVALID = ("feedback", "retry")
 # What ends a predicted action: the next user turn or an API response (the backend writes those), a new dialogue.

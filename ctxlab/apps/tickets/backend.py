@@ -32,9 +32,9 @@ from typing import Any
 
 from ctxlab.apps.tickets import values as V
 from ctxlab.apps.tickets.catalogue import STATE_ABBREVS, Catalogue, default_catalogue
-from ctxlab.apps.tickets.formats import ApiResponse, format_items
 from ctxlab.apps.tickets.ontology import ARG_ALIASES, Ontology, load_ontology
 from ctxlab.errors import CtxlabError
+from ctxlab.tasks.tickettalk.formats import ApiResponse, format_items
 
 EMPTY = "_empty_"
 MAX_TICKETS = 20

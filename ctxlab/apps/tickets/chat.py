@@ -21,8 +21,8 @@ from typing import Any, TextIO
 
 from ctxlab.apps.tickets.agent import AgentConfig, Event, NativePredictor, Predictor, TicketAgent, TurnResult
 from ctxlab.apps.tickets.backend import Backend
-from ctxlab.apps.tickets.formats import parse_items
 from ctxlab.errors import CtxlabError
+from ctxlab.tasks.tickettalk.formats import parse_items
 
 HELP = "commands: /quit (leave), /help (this list); anything else is your next message to the agent"
 

@@ -28,11 +28,11 @@ from pathlib import Path
 from random import Random
 from typing import Any
 
-from ctxlab.apps.tickets.formats import ApiCall, Example, Item, RewardExample, Utterance, format_item, format_items
 from ctxlab.errors import CtxlabError
+from ctxlab.tasks.tickettalk.formats import ApiCall, Example, Item, RewardExample, Utterance, format_item, format_items
 
 CountTokens = Callable[[str], int]
-END_TEXT = "<|endoftext|>"  # document separator in LM text (a special token of ctxlab.scratch tokenizers)
+END_TEXT = "<|endoftext|>"  # document separator in LM text (a special token of ctxlab.train.scratch tokenizers)
 
 
 def approx_tokens(text: str) -> int:

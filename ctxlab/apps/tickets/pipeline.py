@@ -1,9 +1,9 @@
 """Build, train and evaluate a small TicketTalk agent on the one training loop (ctxlab/train).
 
     python -m ctxlab.apps.tickets.pipeline prepare --out runs/tickets          # data, tokenizer, initial model
-    python -m ctxlab.train pretrain --config configs/tickets_lm.toml           # dialogue LM (whole dialogues)
-    python -m ctxlab.train sft --config configs/tickets_sft.toml               # next-action SFT
-    python -m ctxlab.train dpo --config configs/tickets_dpo.toml               # reward pairs (optional)
+    ctxlab train pretrain --config configs/tickets_lm.toml           # dialogue LM (whole dialogues)
+    ctxlab train sft --config configs/tickets_sft.toml               # next-action SFT
+    ctxlab train dpo --config configs/tickets_dpo.toml               # reward pairs (optional)
     python -m ctxlab.apps.tickets.pipeline eval runs/tickets/sft/final --data runs/tickets/sim_eval.tsv
 
 `prepare` writes under OUT: sim_train.tsv / sim_eval.tsv (simulated dialogues, different seeds), tm3_train.tsv /
@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ctxlab.apps.tickets import metrics as M
 from ctxlab.apps.tickets.convert import (
     END_TEXT,
     Stats,
@@ -34,9 +33,10 @@ from ctxlab.apps.tickets.convert import (
     split_conversations,
     write_jsonl,
 )
-from ctxlab.apps.tickets.formats import format_items, parse_items, read_reward, read_tsv, write_tsv
 from ctxlab.apps.tickets.ontology import shipped_train_tsv, tm3_dir
 from ctxlab.errors import CtxlabError
+from ctxlab.tasks.tickettalk import metrics as M
+from ctxlab.tasks.tickettalk.formats import format_items, parse_items, read_reward, read_tsv, write_tsv
 
 TAGS = ("<U>", "<A>", "<S>", "<C>", "<PN>", "<PAN>", "<PAV>", "<PR>", "<PRAN>", "<PRAV>", "[A]", "[PN]", "[PAN]",
         "[PAV]")
@@ -64,7 +64,7 @@ def build_init(out: str | Path, texts: Sequence[str], *, vocab_size: int = 3072,
 
     from ctxlab.models import model_class
     from ctxlab.models.loading import save_model
-    from ctxlab.scratch import init_weights, scratch_hf_config, train_tokenizer, write_tokenizer
+    from ctxlab.train.scratch import init_weights, scratch_hf_config, train_tokenizer, write_tokenizer
 
     out = Path(out)
     tok = train_tokenizer(texts, vocab_size, individual_digits=True)
@@ -243,8 +243,8 @@ def selfplay(model: str | Path | None, n: int = 20, *, seed: int = 10_000, max_t
 def replay_script(seed: int, index: int) -> tuple[list[str], list[str]]:
     """(user lines, agent actions) of simulated dialogue `index` of `simulate(index + 1, seed)`: a scripted user
     and a ScriptedPredictor that replays the rule agent's actions (for a transcript of the loop itself)."""
-    from ctxlab.apps.tickets.formats import ApiCall, Utterance, format_item
     from ctxlab.apps.tickets.simulate import simulate
+    from ctxlab.tasks.tickettalk.formats import ApiCall, Utterance, format_item
 
     sim = simulate(index + 1, seed)[index]
     users = [it.text for it in sim.items if isinstance(it, Utterance) and it.speaker == "user"]
@@ -309,7 +309,7 @@ def transcript_doc(out_md: str | Path, *, model: str | None = None, user_script:
 
 def copy_last_call(prompt: str) -> str:
     """Trivial baseline: repeat the most recent API call of the dialogue (else say nothing)."""
-    from ctxlab.apps.tickets.formats import ApiCall
+    from ctxlab.tasks.tickettalk.formats import ApiCall
 
     calls = [it for it in parse_items(prompt) if isinstance(it, ApiCall)]
     return format_items(calls[-1:])

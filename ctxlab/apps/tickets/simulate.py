@@ -28,7 +28,18 @@ from random import Random
 from ctxlab.apps.tickets import values as V
 from ctxlab.apps.tickets.backend import EMPTY, Backend, result_to_items
 from ctxlab.apps.tickets.catalogue import Catalogue, default_catalogue
-from ctxlab.apps.tickets.formats import (
+from ctxlab.apps.tickets.simuser import (
+    CatalogueIndex,
+    Goal,
+    SimUser,
+    UserTurn,
+    backend_catalogue,
+    pick,
+    sample_goal,
+    sim_user,
+)
+from ctxlab.errors import CtxlabError
+from ctxlab.tasks.tickettalk.formats import (
     ApiCall,
     ApiResponse,
     Dialogue,
@@ -41,17 +52,6 @@ from ctxlab.apps.tickets.formats import (
     write_dialogues,
     write_tsv,
 )
-from ctxlab.apps.tickets.simuser import (
-    CatalogueIndex,
-    Goal,
-    SimUser,
-    UserTurn,
-    backend_catalogue,
-    pick,
-    sample_goal,
-    sim_user,
-)
-from ctxlab.errors import CtxlabError
 
 __all__ = ["Goal", "RuleAgent", "SimDialogue", "SimUser", "UserTurn", "run_dialogue", "sample_goal", "sim_examples",
            "sim_user", "simulate", "to_dialogue"]

@@ -1,5 +1,5 @@
 """The `native` backend: a ctxlab checkpoint (load_model + Tokenizer + engine). The only backend that can run the
-test-time strategies of ctxlab/ttt (thinking, self-consistency, qTTT), which need the weights and the KV cache.
+test-time strategies of ctxlab/strategies (thinking, self-consistency, qTTT), which need the weights and the KV cache.
 
 Prompts are encoded one at a time (batch 1) on purpose: a sample's result then never depends on which other
 samples share its batch (left padding changes float sums), so a resumed or sharded run reproduces an
@@ -26,7 +26,7 @@ def config_hash(hf_config: Mapping[str, Any]) -> str:
 
 def _strategy_names() -> tuple[str, ...]:
     try:
-        from ctxlab.ttt.strategies import STRATEGIES
+        from ctxlab.strategies.native import STRATEGIES
     except ImportError:  # ctxlab/ttt not installed: plain generation only
         return ("in-context",)
     return tuple(STRATEGIES)
@@ -126,7 +126,7 @@ class NativeBackend(BaseBackend):
     def sent_tokens(self, prompt: str, structured: tuple[str, str] | None = None, thinking: bool = False) -> int:
         """Exact: encoded the way the ttt strategies encode (chat template, thinking format), else as `generate`."""
         try:
-            from ctxlab.ttt.strategies import Prompt, encode_prompt
+            from ctxlab.strategies.native import Prompt, encode_prompt
         except ImportError:
             return len(self.encode(prompt))
         return len(encode_prompt(self.tokenizer, Prompt(*structured) if structured else prompt, thinking).ids)

@@ -1,7 +1,7 @@
 """`ctxlab train pretrain|sft|dpo --config FILE [--resume]`: build model, data and objective from a TrainConfig,
 run the loop, export the final model (optionally with a model card).
 
-    python -m ctxlab.train pretrain --config configs/bundled.toml [--resume]
+    ctxlab train pretrain --config configs/bundled.toml [--resume]
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ PRETOKENIZER_NOTES = {
 
 def init_scratch(cfg: TrainConfig, out: Path, console: Console) -> Path:
     """Train the tokenizer on the configured data and write the initial weights to out/init (reused on resume)."""
-    from ctxlab.scratch import build_checkpoint
+    from ctxlab.train.scratch import build_checkpoint
 
     init = out / "init"
     if (init / "model.safetensors").is_file() and (init / "tokenizer.json").is_file():

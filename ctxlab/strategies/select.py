@@ -120,7 +120,7 @@ class TTTStrategy:
         return dataclasses.replace(self.base, **kw)
 
     def run(self, backend: Any, req: Request) -> Outcome:
-        from ctxlab.ttt.strategies import Prompt
+        from ctxlab.strategies.native import Prompt
 
         strategy = self._configured(req)
         prompt = Prompt(*req.structured) if req.structured else req.prompt
@@ -139,7 +139,7 @@ class TTTStrategy:
 
 
 def strategy_classes() -> dict[str, type]:
-    from ctxlab.ttt.strategies import STRATEGIES
+    from ctxlab.strategies.native import STRATEGIES
 
     return dict(STRATEGIES)
 

@@ -4,13 +4,13 @@ Stages (all training through the one loop, `ctxlab.train.train_cli("sft"|"pretra
  1. data     XQuAD in `langs`, article-level split (`split_parallel`): generator / qa / eval articles, identical in
              every language. Eval-split files are written as `data/eval/xquad.LANG.json` (usable by `ctxlab eval`).
  2. init     a byte-level BPE tokenizer trained on the *train-split* contexts (generator + qa articles, all
-             languages) and a random Qwen3-architecture model (ctxlab.scratch).
+             languages) and a random Qwen3-architecture model (ctxlab.train.scratch).
  3. pretrain (optional) LM on the same train-split contexts: a stand-in for the multilingual pretraining of mT5.
  4. generator SFT on gold QA of the generator-split articles: English plus the translated samples in every
              other language ("context: C" → "question: Q answer: A").
  5. qa_base  SFT of a generative QA model on English gold only (generator + qa articles), `xquad:LANG` prompt.
  6. synth    the generator samples QA pairs on the qa-split contexts in every language; filters from
-             ctxlab/apps/synthqa.py; optional round trip with qa_base (trained on English only; off by default
+             ctxlab/apps/synthqa/generator.py; optional round trip with qa_base (trained on English only; off by default
              because at this scale it answers almost nothing and would drop every pair).
  7. qa_aug   same start, steps and seed as qa_base, on English gold + the synthetic data.
  8. eval     both QA models, greedy, on the eval split per language: MLQA-normalised EM/F1 (and the official
@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from ctxlab.apps.synthqa import (
+from ctxlab.apps.synthqa.command import TextModel, generator_prompt, make_answer, make_generate, qa_parse, qa_prompt
+from ctxlab.apps.synthqa.generator import (
     DEFAULT_FRACTIONS,
     Context,
     format_stats,
@@ -41,8 +42,7 @@ from ctxlab.apps.synthqa import (
     save_synth_qa,
     split_parallel,
 )
-from ctxlab.apps.synthqa_cli import TextModel, generator_prompt, make_answer, make_generate, qa_parse, qa_prompt
-from ctxlab.apps.synthqa_report import GainRow, format_gain_table, gain_table, plot_gains
+from ctxlab.apps.synthqa.report import GainRow, format_gain_table, gain_table, plot_gains
 from ctxlab.errors import CtxlabError
 from ctxlab.tasks.xquad import (
     XQUAD_LANGS,
@@ -247,7 +247,7 @@ def _train(kind: str, name: str, cfg: ExperimentConfig, init: Path, data: dict[s
 
 
 def _build_init(cfg: ExperimentConfig, corpus: Path, out: Path) -> Path:
-    from ctxlab.scratch import build_checkpoint
+    from ctxlab.train.scratch import build_checkpoint
 
     texts = corpus.read_text(encoding="utf-8").split("\n\n")
     h = cfg.hidden

@@ -1,8 +1,8 @@
-"""`ctxlab synth-qa`: the synthetic-QA pipeline (ctxlab/apps/synthqa.py) driven by ctxlab checkpoints.
+"""`ctxlab synth-qa`: the synthetic-QA pipeline (ctxlab/apps/synthqa/generator.py) driven by ctxlab checkpoints.
 
 - The generator is a native ctxlab checkpoint (load_model + Tokenizer + engine batched generation). It sees
   `generation_prompt(context)` followed by GEN_SEPARATOR, encoded without special tokens — exactly the SFT rows the
-  experiment (ctxlab/apps/synthqa_experiment.py) trains on with `ctxlab train sft` — and should answer
+  experiment (ctxlab/apps/synthqa/experiment.py) trains on with `ctxlab train sft` — and should answer
   "question: … answer: …" then its end token. With `per_context > 1` it samples (default temperature 1.0).
 - The round-trip QA model (the same checkpoint unless `qa_model` names another) answers greedily with the
   `xquad:LANG` task's prompt ("Context: …\\n\\nQuestion: …\\n\\nAnswer:") and parse (first non-empty line).
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from ctxlab.apps.synthqa import (
+from ctxlab.apps.synthqa.generator import (
     DEFAULT_MIN_ROUNDTRIP_F1,
     Answer,
     Context,

@@ -15,20 +15,20 @@ Prompts are raw text, as the bundled model was trained (no chat template). Lengt
 tokenizer (`Tokenizer.count_tokens`); a generator that cannot hit a length within its 5% tolerance gives its closest
 example (tolerance=None), and tables report the actual mean prompt length.
 
-Matched compute (ctxlab.ttt.flops.ArchCost of the model; unit = multiply-accumulates): by default each example's qTTT
-step count N is the largest whose N steps of span k cost no more than `think_budget` thinking tokens after that
-prompt (`ArchCost.match`); with `qttt_steps` given instead, the thinking budget is the most thinking tokens N steps
-pay for (`ArchCost.think_budget`). Given both, nothing is matched (the output says so). In-context and qTTT read
-the same prompt, so one prefill serves both, and the thinking prompt shares its context + question prefix (prefilled
-once, copied); each strategy is charged the full prefill's FLOPs and time, as if it had run alone.
+Matched compute (ctxlab.strategies.flops.ArchCost of the model; unit = multiply-accumulates): by default each
+example's qTTT step count N is the largest whose N steps of span k cost no more than `think_budget` thinking tokens
+after that prompt (`ArchCost.match`); with `qttt_steps` given instead, the thinking budget is the most thinking
+tokens N steps pay for (`ArchCost.think_budget`). Given both, nothing is matched (the output says so). In-context
+and qTTT read the same prompt, so one prefill serves both, and the thinking prompt shares its context + question
+prefix (prefilled once, copied); each strategy is charged the full prefill's FLOPs and time, as if it had run alone.
 
-Attention mass (App. E; ctxlab.ttt.diagnostics.probe_answer): teacher-forced on the reference answer tokens that
+Attention mass (App. E; ctxlab.strategies.diagnostics.probe_answer): teacher-forced on the reference answer tokens that
 follow "Final:" — after the direct prompt + "Final:" (in-context; qTTT with the adapted weights) or after the
 model's own scratchpad + "Final:" (thinking) — summed over the evidence tokens, averaged over layers, heads and
 answer steps. Probes are diagnostics: their cost is in neither FLOPs nor wall time.
 
 Output (out_dir): results.json (rewritten after every example, so an interrupted run leaves a valid file),
-table.md, demo.png (accuracy and evidence mass vs length; ctxlab/demo_report.py), plus a rich table and progress
+table.md, demo.png (accuracy and evidence mass vs length; ctxlab/apps/demo/report.py), plus a rich table and progress
 bars on the terminal.
 """
 
@@ -48,13 +48,13 @@ from torch import nn
 
 from ctxlab.errors import CtxlabError
 
-SCHEMA = "ctxlab.demo/1"
+SCHEMA = "ctxlab.apps.demo.sweep/1"
 TASK_NAMES = ("bank", "code", "kv")
 STRATEGY_NAMES = ("in-context", "thinking", "qttt")
 DEFAULT_TASKS = ("kv", "bank", "code")
 DEFAULT_LENGTHS = (256, 512, 1024, 2048, 4096)
 QUICK_LENGTHS = (256, 1024)
-FLOPS_UNIT = "multiply-accumulates (analytic, ctxlab.ttt.flops.ArchCost; x2 for hardware FLOPs)"
+FLOPS_UNIT = "multiply-accumulates (analytic, ctxlab.strategies.flops.ArchCost; x2 for hardware FLOPs)"
 MIN_LENGTH = 64  # the sandbox generators' minimum
 QTTT_REGIONS = ("context", "prompt")  # qTTT spans from the context only, or from context + question
 
@@ -348,8 +348,8 @@ def _encoder(tok):
 
 
 def prepare(ex, tok) -> Item:
+    from ctxlab.strategies.diagnostics import char_spans_to_tokens
     from ctxlab.tasks.sandbox import FINAL_MARKER, render_prompt, render_target
-    from ctxlab.ttt.diagnostics import char_spans_to_tokens
 
     enc = _encoder(tok)
     direct, think = enc(render_prompt(ex, False)), enc(render_prompt(ex, True))
@@ -369,7 +369,7 @@ class Runner:
     """Runs the strategies on one prepared example; the model is float32 on CPU (or wherever it was loaded)."""
 
     def __init__(self, model: nn.Module, tok, cfg: DemoConfig):
-        from ctxlab.ttt.flops import ArchCost
+        from ctxlab.strategies.flops import ArchCost
 
         self.model, self.tok, self.cfg = model, tok, cfg
         self.cost = ArchCost.from_config(model.cfg)
@@ -398,7 +398,7 @@ class Runner:
     def _probe(self, cache, prompt: list[int], extra: list[int], item: Item):
         """Evidence mass etc. with the current weights: the cache holds `prompt`; `extra` is appended, the answer
         teacher-forced, and the cache is rewound to len(prompt)."""
-        from ctxlab.ttt.diagnostics import probe_answer
+        from ctxlab.strategies.diagnostics import probe_answer
 
         T = len(prompt)
         try:
@@ -459,7 +459,7 @@ class Runner:
         and copied, and its time is charged to both (what each would have spent alone)."""
         from ctxlab.engine import prefill
         from ctxlab.models.cache import KVCache
-        from ctxlab.ttt.qttt import new_qttt_cache
+        from ctxlab.strategies.qttt import new_qttt_cache
 
         ids = {"direct": item.direct, "think": item.think}
         caches = {name: new_qttt_cache(self.model, cap) for name, cap in caps.items()}
@@ -490,8 +490,8 @@ class Runner:
     def direct(self, item: Item, cache, logits: torch.Tensor, t_prefill: float, in_context: bool, qttt: bool,
                k: int, N: int, budget: int | None) -> list[SampleRecord]:
         """In-context and/or qTTT from one prefilled cache of the direct prompt (qTTT never writes its slots)."""
-        from ctxlab.ttt.qttt import QTTTConfig, QTTTResult, adapted
-        from ctxlab.ttt.strategies import qttt_flops
+        from ctxlab.strategies.native import qttt_flops
+        from ctxlab.strategies.qttt import QTTTConfig, QTTTResult, adapted
 
         ids, T, A = item.direct, len(item.direct), self.cfg.max_answer_tokens
         out = []
@@ -672,7 +672,7 @@ def _run(cfg: DemoConfig, path: Path | str, console) -> DemoResult:
 
 
 def _finish(result: DemoResult, out: Path, console, cfg: DemoConfig) -> None:
-    from ctxlab.demo_report import markdown_table, plot, rich_table
+    from ctxlab.apps.demo.report import markdown_table, plot, rich_table
 
     if not result.points:
         return

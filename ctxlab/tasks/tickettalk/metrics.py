@@ -6,7 +6,7 @@ plain text is an agent reply. `parse_action` reads model output leniently (it ne
 first item that is not part of the agent's action, e.g. a hallucinated `<PR>` or `<U>`).
 
 Per-sample values are sufficient statistics, so corpus scores come from stored values without rescoring, in
-the format of the metric registry in ctxlab/eval/metrics.py (aggregates on a 0-100 scale):
+the format of the metric registry in ctxlab/tasks/metrics.py (aggregates on a 0-100 scale):
 - `bleu`: sacrebleu segment statistics [hyp_len, ref_len, correct_1..4, total_1..4] of the predicted reply
   (empty if none) against the reference reply; all zeros when the reference has no reply (neutral in the sum).
   Same format as the registry's `bleu` (13a): its aggregate is corpus BLEU over replies.
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from ctxlab.apps.tickets.formats import ApiCall, Target, format_item, format_target
+from ctxlab.tasks.tickettalk.formats import ApiCall, Target, format_item, format_target
 
 METRICS = ("bleu", "api_exact_match", "api_arg_f1")
 _TAG = re.compile(r"(<(?:U|A|S|C|PN|PAN|PAV|PR|PRAN|PRAV)>|\[(?:A|PN|PAN|PAV)\])")

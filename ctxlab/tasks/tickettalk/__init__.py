@@ -14,8 +14,8 @@ before the head, for a language model that continues with the next item (`<A>…
 the upstream text-to-text input `head<C>history` exactly. `reference` is a dict: `target` (the TSV target,
 `[A]text` / `[PN]api[PAN]arg[PAV]value…` / both), `text` (reply or None) and `call` (`<PN>…` or None).
 
-Scoring (ctxlab/apps/tickets/metrics.py): per-sample sufficient statistics for corpus BLEU over replies,
-API-call exact match and micro per-argument F1; aggregate with `ctxlab.apps.tickets.metrics.aggregate`.
+Scoring (ctxlab/tasks/tickettalk/metrics.py): per-sample sufficient statistics for corpus BLEU over replies,
+API-call exact match and micro per-argument F1; aggregate with `ctxlab.tasks.tickettalk.metrics.aggregate`.
 """
 
 from __future__ import annotations
@@ -26,10 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctxlab.apps.tickets import metrics as M
-from ctxlab.apps.tickets.formats import Example, Target, format_item, format_items, iter_tsv, parse_input, parse_target
 from ctxlab.errors import CtxlabError
 from ctxlab.tasks.base import DataCard, Sample, Task
+from ctxlab.tasks.tickettalk import metrics as M
+from ctxlab.tasks.tickettalk.formats import (
+    Example,
+    Target,
+    format_item,
+    format_items,
+    iter_tsv,
+    parse_input,
+    parse_target,
+)
 
 PROMPT_STYLES = ("chronological", "tm3")
 

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ctxlab.errors import CtxlabError
 from ctxlab.models import layers as _layers
-from ctxlab.ttt.qttt import (
+from ctxlab.strategies.qttt import (
     AdaptReport,
     QTTTConfig,
     adapted,

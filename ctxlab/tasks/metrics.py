@@ -380,8 +380,8 @@ def _mlqa(pred: Any, refs: list[Any], em: bool) -> float:
 
 
 def _ticket_metrics() -> list[Metric]:
-    """TicketTalk's API-call metrics: per-sample count tuples, corpus aggregates (ctxlab/apps/tickets/metrics.py)."""
-    from ctxlab.apps.tickets.metrics import METRIC_SPECS
+    """TicketTalk's API-call metrics: per-sample count tuples, corpus aggregates (tasks/tickettalk/metrics.py)."""
+    from ctxlab.tasks.tickettalk.metrics import METRIC_SPECS
 
     out = []
     for name in ("api_exact_match", "api_arg_f1"):

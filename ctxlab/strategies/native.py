@@ -19,7 +19,7 @@ Qwen3) get `enable_thinking` True for thinking strategies and False otherwise.
   (flops.ArchCost.match at this prompt length; matching="paper" uses the paper's dense formulas instead, which
   give N ≈ think_tokens / 2k), then a direct answer from the adapted model.
 
-FLOPs are analytic (ctxlab.ttt.flops.ArchCost from the model's config, paper unit = MACs) from the actual token
+FLOPs are analytic (ctxlab.strategies.flops.ArchCost from the model's config, paper unit = MACs) from the actual token
 counts: the prefill, every decoded/forced token written to the cache, and for qTTT each step at its actual span
 start plus the 1-token refresh of the last prompt position. The answer text is what follows the last "Final:"
 (or the whole answer when there is none); `parse` defaults to its first line.
@@ -38,9 +38,9 @@ from torch import nn
 
 from ctxlab.engine import SamplingParams, StopCriteria, generate_from_cache, prefill
 from ctxlab.errors import CtxlabError
+from ctxlab.strategies.flops import DEFAULT_SPAN, ArchCost, CostModel, PaperCost
+from ctxlab.strategies.qttt import QTTTConfig, QTTTResult, cache_checkpoint, qttt_answer, resolve_region
 from ctxlab.tasks.sandbox.common import FINAL_MARKER, answer_region, format_prompt
-from ctxlab.ttt.flops import DEFAULT_SPAN, ArchCost, CostModel, PaperCost
-from ctxlab.ttt.qttt import QTTTConfig, QTTTResult, cache_checkpoint, qttt_answer, resolve_region
 
 Parse = Callable[[str], Any]
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"

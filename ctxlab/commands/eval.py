@@ -156,8 +156,8 @@ def _looks_like_model(name: str) -> bool:
 
 def card_cli(name: str, fmt: str = "md", out: Any = None) -> str:
     """A task's GEM-style data card as md, html or json (printed); model names go to the `model_card` hook."""
-    from ctxlab.eval.cards import FORMATS, render_card
     from ctxlab.tasks import registry
+    from ctxlab.tasks.cards import FORMATS, render_card
 
     if fmt not in FORMATS:
         raise CtxlabError(f"unknown card format {fmt!r}; valid formats: {', '.join(FORMATS)}")

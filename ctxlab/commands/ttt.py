@@ -7,9 +7,9 @@ import sys
 from typing import TextIO
 
 from ctxlab.errors import CtxlabError
-from ctxlab.ttt.flops import ArchCost
-from ctxlab.ttt.qttt import QTTTConfig, qttt_answer
-from ctxlab.ttt.strategies import Prompt, answer_text, encode_prompt, qttt_flops
+from ctxlab.strategies.flops import ArchCost
+from ctxlab.strategies.native import Prompt, answer_text, encode_prompt, qttt_flops
+from ctxlab.strategies.qttt import QTTTConfig, qttt_answer
 
 
 def run_ttt_cli(

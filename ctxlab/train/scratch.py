@@ -252,7 +252,7 @@ def induction_circuit_init(model: torch.nn.Module, gain: float = 3.0, seed: int 
                 norm.weight[dims] = gain
 
 
-if __name__ == "__main__":  # `python -m ctxlab.scratch OUT_DIR`: a tiny random checkpoint for smoke runs
+if __name__ == "__main__":  # `python -m ctxlab.train.scratch OUT_DIR`: a tiny random checkpoint for smoke runs
     import sys
 
     print(build_checkpoint(sys.argv[1] if len(sys.argv) > 1 else "demo_out/tiny"))
