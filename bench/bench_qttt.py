@@ -91,7 +91,7 @@ def forwards(model, cache, span_ids, T: int):
     def cached_forward():
         with torch.inference_mode():
             model(span_ids, cache)
-        cache.truncate(T)
+        cache.rewind(T)
 
     def frozen_forward():
         with torch.no_grad():
@@ -112,7 +112,7 @@ def decode_tokens(model, cache, n: int, device: torch.device) -> float:
             tok = logits[:, -1].argmax(-1, keepdim=True)
     sync(device)
     dt = time.perf_counter() - t0
-    cache.truncate(T)
+    cache.rewind(T)
     return dt
 
 

@@ -25,7 +25,7 @@ from ctxlab.strategies.diagnostics import (
     probe_answer,
 )
 from ctxlab.strategies.flops import ArchCost, PaperCost
-from ctxlab.strategies.qttt import QTTTConfig, QuerySnapshot, adapt, adapted, new_qttt_cache, qttt_answer
+from ctxlab.strategies.qttt import QTTTConfig, QuerySnapshot, adapt, adapted, qttt_answer
 from tests.hf_utils import make_hf, randomize, save_hf
 
 FAMILIES = ["qwen3", "llama", "gemma", "llama4_text", "recurrent_gemma"]
@@ -98,7 +98,7 @@ def model(request, checkpoints):
 
 
 def _prefilled(model, ids, extra=8):
-    cache = new_qttt_cache(model, len(ids) + extra)
+    cache = model.new_cache(1, len(ids) + extra, rewindable=True)
     with torch.no_grad():
         model(torch.tensor([ids]), cache)
     return cache
@@ -229,7 +229,7 @@ def test_answer_path_has_one_prefill_and_frozen_cache(model, monkeypatch):
         return out
 
     monkeypatch.setattr(model, "forward", spy)
-    @functools.wraps(new_cache)  # keeps the signature (qTTT asks Griffin for keep_states)
+    @functools.wraps(new_cache)  # keeps the signature (qTTT asks for a rewindable cache)
     def spy_cache(*a, **k):
         caches.append(new_cache(*a, **k))
         return caches[-1]
@@ -528,13 +528,13 @@ def test_strategies_on_other_families(family, checkpoints):
 
 def test_inference_mode_caches_are_refused_and_callers_in_inference_mode_work(model):
     with torch.inference_mode():
-        cache = new_qttt_cache(model, len(PROMPT) + 4)  # inference tensors: autograd cannot save them
+        cache = model.new_cache(1, len(PROMPT) + 4, rewindable=True)  # inference tensors: autograd cannot save them
         model(torch.tensor([PROMPT]), cache)
         with pytest.raises(CtxlabError, match="inference_mode"):
             adapt(model, cache, PROMPT, FAST)
         res = qttt_answer(model, PROMPT, FAST, max_new_tokens=3)  # makes its own (normal) cache
     assert len(res.report.losses) == FAST.steps
-    cache = new_qttt_cache(model, len(PROMPT) + 4)
+    cache = model.new_cache(1, len(PROMPT) + 4, rewindable=True)
     with torch.inference_mode():
         model(torch.tensor([PROMPT]), cache)
         if isinstance(cache, KVCache):  # preallocated buffers written in place stay normal tensors: fine

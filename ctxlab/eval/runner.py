@@ -40,8 +40,8 @@ from ctxlab.eval.results import FLOPS_UNIT, SCHEMA, MetricResult, RunResult, Tas
 from ctxlab.eval.store import RunStore, SampleRecord, write_json_atomic, write_jsonl_atomic
 from ctxlab.strategies.select import Generate, Outcome, Request, TTTStrategy, make_strategy
 from ctxlab.tasks.base import Sample, Task, TaskRegistry
+from ctxlab.tasks.format import format_prompt
 from ctxlab.tasks.metrics import METRICS, Metric, aggregate_by
-from ctxlab.tasks.sandbox.common import format_prompt
 
 DEFAULT_MAX_NEW_TOKENS = 64
 _TASK_BASE_FIELDS = ("name", "version", "card", "metrics", "languages", "needs_data_dir")

@@ -210,7 +210,9 @@ class LlamaModel(nn.Module):
             x = x[:, -1:]
         return self.head(self.norm(x)), cache
 
-    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None, device=None) -> KVCache:
+    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None, device=None, *,
+                  rewindable: bool = False) -> KVCache:
+        """A preallocated KV cache; KV caches always rewind (`rewindable` is part of the cache protocol)."""
         p = self.tok_emb.weight
         return KVCache.allocate(
             self.cfg.num_layers, batch, max_len, self.cfg.num_kv_heads, self.cfg.head_dim,

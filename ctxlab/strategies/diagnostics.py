@@ -36,8 +36,6 @@ from ctxlab.strategies.qttt import (
     QTTTConfig,
     adapted,
     as_prompt,
-    cache_checkpoint,
-    new_qttt_cache,
     resolve_region,
 )
 
@@ -147,7 +145,7 @@ def probe_answer(
         per_call[-1].append(mass)
 
     logits: list[Tensor] = []
-    rewind = cache_checkpoint(cache)
+    snap = cache.snapshot()
     try:
         with torch.no_grad(), attention_probe(record):
             per_call.append([])
@@ -159,7 +157,7 @@ def probe_answer(
                 out, _ = model(answer[None, :-1], cache)  # slots [T, T+A−1): predicts answer[1:]
                 logits.append(out[0])
     finally:
-        rewind()
+        cache.restore(snap)
     if any(len(c) != len(per_call[0]) for c in per_call) or not per_call[0]:
         raise CtxlabError(f"{type(model).__name__}: attention probe saw no (or inconsistent) attention layers")
     masses = [torch.cat(layer_calls, dim=-1) for layer_calls in zip(*per_call, strict=True)]  # per layer (nh, A)
@@ -184,7 +182,7 @@ def diagnose(
     ids = as_prompt(prompt_ids, device)
     T = ids.shape[1]
     resolve_region(cfg, T, context_len)
-    cache = new_qttt_cache(model, T + max(len(answer_ids), 1))
+    cache = model.new_cache(1, T + max(len(answer_ids), 1), rewindable=True)
     with torch.no_grad():
         model(ids, cache, last_only=True)
     before = probe_answer(model, cache, ids, evidence, answer_ids)

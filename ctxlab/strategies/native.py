@@ -39,8 +39,8 @@ from torch import nn
 from ctxlab.engine import SamplingParams, StopCriteria, generate_from_cache, prefill
 from ctxlab.errors import CtxlabError
 from ctxlab.strategies.flops import DEFAULT_SPAN, ArchCost, CostModel, PaperCost
-from ctxlab.strategies.qttt import QTTTConfig, QTTTResult, cache_checkpoint, qttt_answer, resolve_region
-from ctxlab.tasks.sandbox.common import FINAL_MARKER, answer_region, format_prompt
+from ctxlab.strategies.qttt import QTTTConfig, QTTTResult, qttt_answer, resolve_region
+from ctxlab.tasks.format import FINAL_MARKER, answer_region, format_prompt
 
 Parse = Callable[[str], Any]
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -144,7 +144,7 @@ class _Run:
         with torch.inference_mode():
             self.logits, _ = prefill(model, torch.tensor([ids], device=self.device), None, self.cache)  # (1, V)
         self.fed = 0  # tokens written after the prompt, over all samples
-        self.rewind = cache_checkpoint(self.cache)
+        self.at_prompt = self.cache.snapshot()
 
     def feed(self, ids: Sequence[int]) -> torch.Tensor:
         with torch.inference_mode():
@@ -155,7 +155,7 @@ class _Run:
         """Truncate back to the prompt; returns the tokens this sample wrote."""
         n = self.cache.length - self.T
         self.fed += n
-        self.rewind()
+        self.cache.restore(self.at_prompt)
         return n
 
 

@@ -31,11 +31,9 @@ Restoration: `adapt` leaves the model adapted, but restores the original weights
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -44,7 +42,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctxlab.errors import CtxlabError
-from ctxlab.models.cache import KVCache
 
 REGIONS = ("context", "prompt")
 
@@ -161,44 +158,6 @@ def train_only(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[Non
             p.requires_grad_(f)
 
 
-# ---------------------------------------------------------------------------------------------------- caches
-
-
-def new_qttt_cache(model: nn.Module, capacity: int):
-    """A batch-1 cache of `capacity` slots that frozen span calls can read anywhere: families whose cache keeps
-    per-slot history only on request (Griffin: `keep_states`) are asked to keep every slot."""
-    if "keep_states" in inspect.signature(model.new_cache).parameters:
-        return model.new_cache(1, capacity, keep_states=True)
-    return model.new_cache(1, capacity)
-
-
-def cache_checkpoint(cache) -> Callable[[], None]:
-    """A function that rewinds `cache` to its current length after appends (answer tokens). KVCache: `truncate`
-    (the slots before stay bit-identical: appends never write them). Other caches (Griffin's fixed-size recurrent
-    state, whose own truncate needs a kept history and rewinds its ring buffer only semantically): a copy of their
-    decode state is restored, bit for bit — every field except the span history `hist`, which appends extend past
-    the current length without touching earlier slots when it keeps at least `capacity` slots (as
-    `new_qttt_cache` asks; caches made without a history do not have one)."""
-    T = cache.length
-    if isinstance(cache, KVCache) or not dataclasses.is_dataclass(cache):
-        return lambda: cache.truncate(T)
-
-    def copy(x):
-        if isinstance(x, Tensor):
-            return x.clone()
-        if isinstance(x, list):
-            return [copy(y) for y in x]
-        return x
-
-    saved = {f.name: copy(getattr(cache, f.name)) for f in dataclasses.fields(cache) if f.name != "hist"}
-
-    def restore() -> None:
-        for name, value in saved.items():
-            setattr(cache, name, copy(value))
-
-    return restore
-
-
 # ------------------------------------------------------------------------------------------------ adaptation
 
 
@@ -254,9 +213,9 @@ def adapt(
     params = list(model.query_weights())
     ids = as_prompt(prompt_ids, params[0].device)
     T = ids.shape[1]
-    if getattr(cache, "length", T) < T:
+    if cache.length < T:
         raise CtxlabError(f"the cache holds {cache.length} slots but the prompt has {T} tokens; prefill it first")
-    if _has_inference_tensors(cache):
+    if cache.is_inference():
         raise CtxlabError("the cache was filled under torch.inference_mode(); prefill it under torch.no_grad() "
                           "instead (qTTT backpropagates through the operations that read it)")
     lo, hi = resolve_region(cfg, T, context_len)
@@ -357,12 +316,12 @@ def qttt_answer(
     resolve_region(cfg, T, context_len)  # validate before the expensive prefill
     t0 = time.perf_counter()
     with torch.no_grad():  # not inference mode: the adaptation backpropagates through ops that read the cache
-        cache = new_qttt_cache(model, T + max_new_tokens)
+        cache = model.new_cache(1, T + max_new_tokens, rewindable=True)
         prefill(model, ids, None, cache)
     _sync(device)
     t1 = time.perf_counter()
     snap = QuerySnapshot(model)
-    rewind = cache_checkpoint(cache)
+    at_prompt = cache.snapshot()
     try:
         report = adapt(model, cache, ids, cfg, context_len=context_len, snapshot=snap)
         t2 = time.perf_counter()
@@ -373,25 +332,9 @@ def qttt_answer(
         t3 = time.perf_counter()
     finally:
         snap.restore()
-        rewind()
+        cache.restore(at_prompt)
     fed = len(gen.ids) if gen.finish_reason == "eos" else max(len(gen.ids) - 1, 0)
     return QTTTResult(gen.ids, gen.finish_reason, report, T, fed, t1 - t0, t2 - t1, t3 - t2)
-
-
-def _has_inference_tensors(cache) -> bool:
-    first = next((t for t in _tensors(cache)), None)
-    return first is not None and first.is_inference()
-
-
-def _tensors(x) -> Iterator[Tensor]:
-    if isinstance(x, Tensor):
-        yield x
-    elif isinstance(x, (list, tuple)):
-        for y in x:
-            yield from _tensors(y)
-    elif dataclasses.is_dataclass(x) and not isinstance(x, type):
-        for f in dataclasses.fields(x):
-            yield from _tensors(getattr(x, f.name))
 
 
 def _sync(device: torch.device) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ctxlab.errors import CtxlabError
-from ctxlab.tasks.sandbox.common import answer_region
+from ctxlab.tasks.format import answer_region
 
 THINK_CLOSE = "</think>"
 # Fields the runner sets itself (budget, answer length, sampling); everything else is a strategy option.

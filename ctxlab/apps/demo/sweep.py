@@ -406,7 +406,7 @@ class Runner:
                 self._feed(cache, extra)
             return probe_answer(self.model, cache, prompt + extra, item.evidence, item.answer)
         finally:
-            cache.truncate(T)
+            cache.rewind(T)
 
     def _record(self, item: Item, strategy: str, prompt_tokens: int, ids: list[int], finish: str, probe, flops: float,
                 wall: float, **extra: Any) -> SampleRecord:
@@ -459,10 +459,9 @@ class Runner:
         and copied, and its time is charged to both (what each would have spent alone)."""
         from ctxlab.engine import prefill
         from ctxlab.models.cache import KVCache
-        from ctxlab.strategies.qttt import new_qttt_cache
 
         ids = {"direct": item.direct, "think": item.think}
-        caches = {name: new_qttt_cache(self.model, cap) for name, cap in caps.items()}
+        caches = {name: self.model.new_cache(1, cap, rewindable=True) for name, cap in caps.items()}
         P, base = 0, {name: 0.0 for name in caps}
         if len(caps) == 2 and all(type(c) is KVCache for c in caches.values()):
             a, b = item.direct, item.think
@@ -474,11 +473,7 @@ class Runner:
                 t0 = time.perf_counter()
                 prefill(self.model, self._tensor(a[:P]), None, src)
                 t1 = time.perf_counter()
-                for x, y in zip(src.k + src.v, dst.k + dst.v, strict=True):
-                    y[:, :, :P].copy_(x[:, :, :P])
-                dst.valid[:, :P] = src.valid[:, :P]
-                dst.pos[:, :P] = src.pos[:, :P]
-                dst.length, dst.padded = P, src.padded
+                dst.copy_prefix(src, P)
                 base = {"direct": t1 - t0, "think": time.perf_counter() - t0}
             out = {}
             for name, cache in caches.items():
@@ -500,7 +495,7 @@ class Runner:
             g = self._greedy(logits, cache, A)
             wall = t_prefill + time.perf_counter() - t0
             fed = cache.length - T
-            cache.truncate(T)
+            cache.rewind(T)
             flops = self.cost.prefill(T) + self.cost.decode(T, fed)
             probe = self._probe(cache, ids, item.marker, item)
             out.append(self._record(item, "in-context", T, g.ids, g.finish_reason, probe, flops, wall))
@@ -514,7 +509,7 @@ class Runner:
                 g = self._greedy(logits[:, -1], cache, A)
                 t_decode = time.perf_counter() - t0
                 fed = cache.length - T
-                cache.truncate(T)
+                cache.rewind(T)
                 probe = self._probe(cache, ids, item.marker, item)
             res = QTTTResult(g.ids, g.finish_reason, report, T, fed, t_prefill, report.wall_time, t_decode)
             flops = qttt_flops(self.cost, res)["total"]
@@ -548,7 +543,7 @@ class Runner:
         wall = t_prefill + time.perf_counter() - t0
         fed = cache.length - T
         flops = self.cost.prefill(T) + self.cost.decode(T, fed)
-        cache.truncate(marked)
+        cache.rewind(marked)
         probe = self._probe(cache, ids + thought + forced, item.marker_tail, item)
         return self._record(item, "thinking", T, thought + forced + g.ids, g.finish_reason, probe, flops, wall,
                             think_budget=budget, think_tokens=len(thought), forced=not natural)

@@ -1,5 +1,6 @@
 """Shared pieces of the sandbox tasks: the example record, a default token counter, the length fitter and the
-prompt/target format used by training, the demo and the eval harness.
+rendering of an example in the lab-wide prompt/answer format (ctxlab/tasks/format.py) used by training, the demo
+and the eval harness.
 
 Length convention: `meta["n_tokens"]` (what the fitter aims at `n_tokens`) counts the no-thinking prompt
 `render_prompt(example, thinking=False)`, i.e. context + question + answer instruction — what a model reads.
@@ -13,14 +14,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ctxlab.errors import CtxlabError
+from ctxlab.tasks.format import FINAL_MARKER, format_prompt
 
 CountTokens = Callable[[str], int]
-FINAL_MARKER = "Final:"
 TOLERANCE = 0.05  # allowed relative deviation of the prompt length from the target
 MIN_TOKENS = 64
-
-_ANSWER_DIRECT = f'Reply with only the answer after "{FINAL_MARKER}".'
-_ANSWER_THINK = f'Think step by step, then give the answer after "{FINAL_MARKER}".'
 
 
 @dataclass(frozen=True)
@@ -48,11 +46,6 @@ def approx_count_tokens(text: str) -> int:
     return len(_PIECES.findall(text))
 
 
-def format_prompt(context: str, question: str, thinking: bool = False) -> str:
-    """The model input: context, the question and the answer instruction (thinking or direct)."""
-    return f"{context}\n\n{question}\n{_ANSWER_THINK if thinking else _ANSWER_DIRECT}\n"
-
-
 def render_prompt(example: SandboxExample, thinking: bool = False) -> str:
     return format_prompt(example.context, example.question, thinking)
 
@@ -61,14 +54,6 @@ def render_target(example: SandboxExample, thinking: bool = False) -> str:
     """What the model should produce: optionally the scratchpad, then `Final: <answer>`."""
     final = f"{FINAL_MARKER} {example.answer}"
     return f"{example.scratchpad}\n{final}" if thinking else final
-
-
-def answer_region(text: str) -> tuple[str, bool]:
-    """The text after the last `Final:` marker (case-insensitive) and whether a marker was found."""
-    idx = text.lower().rfind(FINAL_MARKER.lower())
-    if idx < 0:
-        return text, False
-    return text[idx + len(FINAL_MARKER) :], True
 
 
 def check_target(n_tokens: int) -> None:

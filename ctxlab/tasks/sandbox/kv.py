@@ -20,10 +20,10 @@ from collections.abc import Callable
 from random import Random
 
 from ctxlab.errors import CtxlabError
+from ctxlab.tasks.format import answer_region
 from ctxlab.tasks.sandbox.common import (
     TOLERANCE,
     SandboxExample,
-    answer_region,
     approx_count_tokens,
     check_seed,
     check_target,
