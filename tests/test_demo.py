@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ctxlab.apps.demo import records
 from ctxlab.apps.demo import sweep as demo
 from ctxlab.errors import CtxlabError
 from ctxlab.train.scratch import build_checkpoint
@@ -98,11 +99,11 @@ def test_context_limit_checked_before_the_sweep(tiny, tmp_path):
 
 
 def test_wilson():
-    lo, hi = demo.wilson(5, 10)
+    lo, hi = records.wilson(5, 10)
     assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
-    lo, hi = demo.wilson(0, 6)
+    lo, hi = records.wilson(0, 6)
     assert lo == 0.0 and hi == pytest.approx(0.3903, abs=1e-4)
-    assert demo.wilson(6, 6)[1] == 1.0
+    assert records.wilson(6, 6)[1] == 1.0
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -217,13 +218,13 @@ def test_qttt_region_reaches_the_adaptation(tiny, tmp_path, monkeypatch, region)
     import ctxlab.strategies.qttt as qttt
 
     seen = []
-    real = qttt.adapted
+    real = qttt.adapt
 
     def spy(model, cache, ids, cfg, **kw):
-        seen.append((cfg.region, kw.get("context_len"), len(ids)))
+        seen.append((cfg.region, kw.get("context_len"), ids.shape[-1]))
         return real(model, cache, ids, cfg, **kw)
 
-    monkeypatch.setattr(qttt, "adapted", spy)
+    monkeypatch.setattr(qttt, "adapt", spy)
     demo.demo_cli(model=str(tiny), tasks="kv", lengths=[128], n=1, strategies="qttt", qttt_steps=2,
                   qttt_span=8, qttt_region=region, out_dir=str(tmp_path / region))
     assert [s[0] for s in seen] == [region] and seen[0][1] < seen[0][2]  # the question follows the context

@@ -434,39 +434,67 @@ CONTEXT = "The key is 7f3a and the value is 1942.\n" + "Account A sends 120 to a
 
 
 def test_strategies_account_flops(scratch):
-    from ctxlab.strategies.native import QTTT, InContext, Prompt, SelfConsistency, Thinking, encode_prompt
+    from ctxlab.strategies import LM, QTTT, InContext, Prompt, Request, SelfConsistency, Thinking
 
     _, model, tok = scratch
+    lm = LM(model, tok)
     cost = ArchCost.from_config(model.cfg)
     prompt = Prompt(CONTEXT, "What is the value for key 7f3a?")
 
-    r = InContext(max_answer_tokens=6).run(model, tok, prompt)
-    T = r.extra["prompt_tokens"]
-    fed = r.extra["generated_tokens"] - (r.extra["generated_tokens"] == 6)
-    assert r.flops == cost.prefill(T) + cost.decode(T, fed) and r.wall_time > 0
+    r = InContext().run(lm, Request(prompt, max_new_tokens=6))
+    T = r.diagnostics["prompt_tokens"]
+    fed = r.diagnostics["generated_tokens"] - (r.diagnostics["generated_tokens"] == 6)
+    assert r.flops == cost.prefill(T) + cost.decode(T, fed) and r.wall_s > 0
 
-    r = Thinking(think_tokens=12, max_answer_tokens=4).run(model, tok, prompt)
-    assert r.extra["format"] == "template" and r.extra["think_tokens"] <= 12
-    assert "</think>" in r.extra["generation"]  # closed by the model or forced when the budget ran out
-    if r.extra["forced"]:
-        assert "</think>\n\nFinal:" in r.extra["generation"]
+    r = Thinking(think_tokens=12).run(lm, Request(prompt, max_new_tokens=4))
+    assert r.diagnostics["format"] == "template" and r.diagnostics["think_tokens"] <= 12
+    assert "</think>" in r.generation  # closed by the model or forced when the budget ran out
+    if r.diagnostics["forced"]:
+        assert "</think>\n\nFinal:" in r.generation
 
-    r = SelfConsistency(think_tokens=24, samples=3, max_answer_tokens=4).run(model, tok, prompt, parse=lambda s: "X")
-    assert r.parsed == "X" and r.extra["votes"] == {"X": 3} and r.extra["per_sample_budget"] == 8
+    r = SelfConsistency(think_tokens=24, samples=3).run(lm, Request(prompt, max_new_tokens=4, parse=lambda s: "X"))
+    assert r.diagnostics["winner"] == "X" and r.diagnostics["votes"] == {"X": 3}
+    assert r.diagnostics["per_sample_budget"] == 8
 
     budget = 64
-    r = QTTT(think_tokens=budget, span=16, max_answer_tokens=4, lr=1e-3).run(model, tok, prompt)
-    T = r.extra["prompt_tokens"]
-    assert r.extra["N"] == cost.match(T, budget, 16)[1] == len(r.extra["losses"])
-    assert cost.qttt(T, 16, r.extra["N"]) <= cost.think(T, budget)  # never more than the matched budget
-    enc = encode_prompt(tok, prompt, thinking=False)
-    assert r.extra["context_tokens"] == enc.context_len < T
-    r = QTTT(think_tokens=budget, span=16, max_answer_tokens=2, matching="paper").run(model, tok, prompt)
-    assert r.extra["N"] == PaperCost.from_config(model.cfg).match(T, budget, 16)[1]
+    r = QTTT(think_tokens=budget, span=16, lr=1e-3).run(lm, Request(prompt, max_new_tokens=4))
+    T = r.diagnostics["prompt_tokens"]
+    assert r.diagnostics["N"] == cost.match(T, budget, 16)[1] == len(r.diagnostics["losses"])
+    assert cost.qttt(T, 16, r.diagnostics["N"]) <= cost.think(T, budget)  # never more than the matched budget
+    enc = lm.encode(prompt, thinking=False)
+    assert r.diagnostics["context_tokens"] == enc.context_len < T
+    assert r.flops == r.diagnostics["flops_parts"]["total"]
+    r = QTTT(think_tokens=budget, span=16, matching="paper").run(lm, Request(prompt, max_new_tokens=2))
+    assert r.diagnostics["N"] == PaperCost.from_config(model.cfg).match(T, budget, 16)[1]
+
+
+def test_strategy_probe_matches_a_direct_probe(scratch):
+    """An AnswerProbe on a request measures what probe_answer measures on the same prompt (in-context: with the
+    model's weights; qTTT with zero steps: the same weights, so the same numbers), and costs no FLOPs."""
+    from ctxlab.strategies import LM, QTTT, AnswerProbe, InContext, Prompt, Request
+    from ctxlab.strategies.diagnostics import probe_answer
+
+    _, model, tok = scratch
+    lm = LM(model, tok)
+    prompt = Prompt(CONTEXT, "What is the value for key 7f3a?")
+    ids = lm.encode(prompt, thinking=False).ids
+    answer = tuple(lm.encode_plain(" 1942"))
+    probe = AnswerProbe(evidence=(3, 4, 5), answer=answer)
+    plain = InContext().run(lm, Request(prompt, max_new_tokens=3))
+    r = InContext().run(lm, Request(prompt, max_new_tokens=3, probe=probe))
+    assert r.probe is not None and r.flops == plain.flops and r.generation == plain.generation
+    cache = model.new_cache(1, len(ids) + len(answer))
+    with torch.no_grad():
+        model(torch.tensor([ids]), cache)
+    want = probe_answer(model, cache, ids, probe.evidence, probe.answer)
+    assert r.probe.mass == pytest.approx(want.mass, abs=1e-6) and r.probe.margin == pytest.approx(want.margin, abs=1e-5)
+    q = QTTT(steps=0, span=16).run(lm, Request(prompt, max_new_tokens=3, probe=probe))
+    assert q.probe.mass == pytest.approx(want.mass, abs=1e-6)
 
 
 def test_answer_text():
-    from ctxlab.strategies.native import answer_text, default_parse
+    from ctxlab.strategies.base import default_parse
+    from ctxlab.tasks.format import answer_text
 
     assert answer_text("<think>so Final: 7?</think>\n\nFinal: 42\nmore") == "42\nmore"
     assert default_parse(answer_text("<think>so Final: 7?</think>\n\nFinal: 42\nmore")) == "42"
@@ -475,14 +503,20 @@ def test_answer_text():
 
 
 def test_scratchpad_thinking_without_template(scratch):
-    from ctxlab.strategies.native import Prompt, Thinking
+    from ctxlab.strategies import LM, Prompt, Request, Thinking
+
+    path, model, tok = scratch
+    for lm in (LM(model, tok, chat=False), LM(model, _no_template(path))):  # raw text, or a base model's tokenizer
+        r = Thinking(think_tokens=6).run(lm, Request(Prompt(CONTEXT, "What is the value?"), max_new_tokens=3))
+        assert r.diagnostics["format"] == "scratchpad" and "Final:" in r.generation
+
+
+def _no_template(path):
     from ctxlab.tokenizer import Tokenizer
 
-    path, model, _ = scratch
     tok = Tokenizer.from_dir(path)
     tok.chat_template = None  # a base model: no chat template → scratchpad prompt with a "Final:" marker
-    r = Thinking(think_tokens=6, max_answer_tokens=3).run(model, tok, Prompt(CONTEXT, "What is the value?"))
-    assert r.extra["format"] == "scratchpad" and "Final:" in r.extra["generation"]
+    return tok
 
 
 def test_run_ttt_cli(scratch):
@@ -514,16 +548,19 @@ class ByteTokenizer:
 
 @pytest.mark.parametrize("family", ["llama4_text", "recurrent_gemma"])
 def test_strategies_on_other_families(family, checkpoints):
-    from ctxlab.strategies.native import QTTT, Prompt, SelfConsistency
+    from ctxlab.strategies import LM, QTTT, AnswerProbe, Prompt, Request, SelfConsistency, Thinking
 
     model = load_model(checkpoints[family]).model
-    tok, prompt = ByteTokenizer(), Prompt(TEXT, "What did the keeper polish?")
-    r = SelfConsistency(think_tokens=8, samples=2, max_answer_tokens=3).run(model, tok, prompt)
-    assert r.extra["format"] == "scratchpad" and len(r.extra["answers"]) == 2 and r.flops > 0
+    lm, prompt = LM(model, ByteTokenizer()), Prompt(TEXT, "What did the keeper polish?")
+    r = SelfConsistency(think_tokens=8, samples=2).run(lm, Request(prompt, max_new_tokens=3))
+    assert r.diagnostics["format"] == "scratchpad" and len(r.diagnostics["answers"]) == 2 and r.flops > 0
     before = _state(model)
-    r = QTTT(think_tokens=32, span=8, max_answer_tokens=3, lr=1e-2).run(model, tok, prompt)
-    assert r.extra["N"] == 2 and r.extra["context_tokens"] == len(TEXT.encode())
+    r = QTTT(think_tokens=32, span=8, lr=1e-2).run(lm, Request(prompt, max_new_tokens=3))
+    assert r.diagnostics["N"] == 2 and r.diagnostics["context_tokens"] == len(TEXT.encode())
     _assert_same(model, before)
+    probe = AnswerProbe(evidence=(1, 2), answer=tuple(b" tiles"), marker=tuple(b"Final:"), marker_tail=(32,))
+    r = Thinking(think_tokens=4).run(lm, Request(prompt, max_new_tokens=2, probe=probe))  # rewinds past thinking
+    assert r.probe is not None and 0 <= r.probe.mass <= 1
 
 
 def test_inference_mode_caches_are_refused_and_callers_in_inference_mode_work(model):

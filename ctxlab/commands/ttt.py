@@ -1,15 +1,15 @@
 """`ctxlab ttt MODEL --context FILE --question TEXT [--steps N] [--span K] [--lr LR]`: answer a question about a
-long context with qTTT and print a short report. The CLI wiring (typer) lives in ctxlab/cli.py; this is the body."""
+long context with qTTT (the QTTT strategy with fixed steps) and print a short report."""
 
 from __future__ import annotations
 
 import sys
 from typing import TextIO
 
+from ctxlab.checks import check_int
 from ctxlab.errors import CtxlabError
-from ctxlab.strategies.flops import ArchCost
-from ctxlab.strategies.native import Prompt, answer_text, encode_prompt, qttt_flops
-from ctxlab.strategies.qttt import QTTTConfig, qttt_answer
+from ctxlab.strategies import LM, QTTT, Prompt, Request
+from ctxlab.tasks.format import answer_text
 
 
 def run_ttt_cli(
@@ -35,47 +35,41 @@ def run_ttt_cli(
         raise CtxlabError("the context is empty")
     if not question.strip():
         raise CtxlabError("the question is empty")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise CtxlabError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    cfg = QTTTConfig(steps=steps, span=span, lr=lr, seed=seed, region=region)
+    check_int("max_new_tokens", max_new_tokens, 1)
+    strategy = QTTT(steps=steps, span=span, lr=lr, region=region, probe=True)  # validated here, before loading
 
     from ctxlab.models.loading import load_model
     from ctxlab.tokenizer import Tokenizer
 
     loaded = load_model(model_path, dtype=dtype, device=device)
-    tok = Tokenizer.from_dir(loaded.path)
-    model = loaded.model
-    enc = encode_prompt(tok, Prompt(context_text, question), thinking=False)
-    res = qttt_answer(model, enc.ids, cfg, max_new_tokens, tok.eos_token_ids, context_len=enc.context_len)
-    generation = tok.decode(res.ids, skip_special_tokens=True)
-    answer = answer_text(generation)
-    cost = ArchCost.from_config(model.cfg)
-    T, k, N = res.prompt_tokens, res.report.span, res.report.steps
-    flops = qttt_flops(cost, res)
-    equiv = cost.think_budget(T, k, N) if N else 0
-    rep = res.report
+    lm = LM(loaded.model, Tokenizer.from_dir(loaded.path))
+    res = strategy.run(lm, Request(Prompt(context_text, question), max_new_tokens, seed=seed))
+    d = res.diagnostics
+    generation = lm.tokenizer.decode(list(res.tokens), skip_special_tokens=True)
+    T, k, N = d["prompt_tokens"], d["span"], len(d["losses"])
     report = {
-        "answer": answer,
+        "answer": answer_text(generation),
         "generation": generation,
         "prompt_tokens": T,
-        "context_tokens": enc.context_len,
+        "context_tokens": d["context_tokens"],
         "steps": N,
         "span": k,
         "lr": lr,
-        "region": list(rep.region),
-        "span_loss_before": rep.probe_loss_before,
-        "span_loss_after": rep.probe_loss_after,
-        "first_step_loss": rep.losses[0] if rep.losses else None,
-        "last_step_loss": rep.losses[-1] if rep.losses else None,
-        "flops": flops,
+        "region": d["region"],
+        "span_loss_before": d["probe_loss_before"],
+        "span_loss_after": d["probe_loss_after"],
+        "first_step_loss": d["losses"][0] if N else None,
+        "last_step_loss": d["losses"][-1] if N else None,
+        "flops": d["flops_parts"],
         "flops_unit": "multiply-accumulates (paper convention; x2 for hardware FLOPs)",
-        "matched_thinking_tokens": equiv,
-        "prefill_s": res.prefill_s,
-        "adapt_s": res.adapt_s,
-        "decode_s": res.decode_s,
-        "total_s": res.wall_time,
-        "finish_reason": res.finish_reason,
+        "matched_thinking_tokens": lm.cost().think_budget(T, k, N) if N else 0,
+        "prefill_s": d["prefill_s"],
+        "adapt_s": d["adapt_s"],
+        "decode_s": d["decode_s"],
+        "total_s": d["prefill_s"] + d["adapt_s"] + d["decode_s"],
+        "finish_reason": d["finish_reason"],
     }
+    answer = report["answer"]
     print(answer, file=out)
     print(format_report(report), file=out)
     return report

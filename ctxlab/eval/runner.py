@@ -37,8 +37,9 @@ from ctxlab.eval import distributed
 from ctxlab.eval.backends import backend_class
 from ctxlab.eval.backends.base import BaseBackend
 from ctxlab.eval.results import FLOPS_UNIT, SCHEMA, MetricResult, RunResult, TaskResult, environment
-from ctxlab.eval.store import RunStore, SampleRecord, write_json_atomic, write_jsonl_atomic
-from ctxlab.strategies.select import Generate, Outcome, Request, TTTStrategy, make_strategy
+from ctxlab.eval.store import RunStore, SampleRecord
+from ctxlab.fileio import write_json_atomic, write_jsonl_atomic
+from ctxlab.strategies import Outcome, Prompt, Request, Strategy, make_strategy
 from ctxlab.tasks.base import Sample, Task, TaskRegistry
 from ctxlab.tasks.format import format_prompt
 from ctxlab.tasks.metrics import METRICS, Metric, aggregate_by
@@ -90,7 +91,7 @@ class Plan:
     cfg: EvalConfig
     backend_cls: type[BaseBackend]
     backend_options: dict[str, Any]
-    strategy: Generate | TTTStrategy
+    strategy: Strategy
     tasks: list[TaskPlan]
     identity: dict[str, Any]
     settings: dict[str, Any]
@@ -292,8 +293,8 @@ def plan(cfg: EvalConfig, extra_tasks: Sequence[Task] = ()) -> Plan:
     opts = cls.check_options(dict(cfg.backend_options))
     if "device" in opts:
         opts["device"] = distributed.rank_device(opts["device"], distributed.env_world())
-    strategy = make_strategy(cfg.strategy, cls.strategies, cfg.budget_think_tokens, dict(cfg.strategy_options),
-                             backend=cls.name)
+    strategy = make_strategy(cfg.strategy, cfg.budget_think_tokens, dict(cfg.strategy_options),
+                             supported=cls.strategies, backend=cls.name)
 
     selected = list({t.name: t for t in _registry(extra_tasks).resolve(cfg.tasks)}.values())  # drop repeats
     selected, applied = apply_task_options(selected, cfg.task_options)
@@ -435,26 +436,22 @@ def _record(tp: TaskPlan, si: int, fitted: Fitted, out: Outcome, rank: int) -> S
                         prompt_hash=text_hash(fitted.prompt), prediction=pred, generation=out.generation,
                         reference=s.reference, scores=dict(scores), flops=out.flops, wall_s=out.wall_s,
                         prompt_tokens=fitted.prompt_tokens, truncated_tokens=fitted.truncated, rank=rank,
-                        extra={**out.extra, "answer_text": out.answer_text})
+                        extra={**out.diagnostics, "answer_text": out.answer_text})
 
 
 def _request(p: Plan, tp: TaskPlan, si: int, backend: BaseBackend) -> tuple[Fitted, Request]:
     s = tp.samples[si]
     fitted = fit_prompt(tp, s, backend, p.strategy.reserve(tp.max_new_tokens), p.strategy.thinking)
-    req = Request(fitted.prompt, tp.max_new_tokens, tp.temperature,
-                  sample_seed(p.cfg.seed, tp.task.name, s.id), fitted.structured)
+    prompt = Prompt(*fitted.structured) if fitted.structured else fitted.prompt
+    req = Request(prompt, tp.max_new_tokens, tp.temperature, sample_seed(p.cfg.seed, tp.task.name, s.id),
+                  parse=lambda text: text)  # self-consistency votes on the answer text; the task parses the winner
     return fitted, req
 
 
 def _run_items(p: Plan, items: Sequence[tuple[int, int]], backend: BaseBackend, rank: int,
                window: int) -> Iterator[SampleRecord]:
-    """Records in finishing order. Batched strategies send `window` requests of one task at a time."""
-    if isinstance(p.strategy, TTTStrategy):
-        for ti, si in items:
-            tp = p.tasks[ti]
-            fitted, req = _request(p, tp, si, backend)
-            yield _record(tp, si, fitted, p.strategy.run(backend, req), rank)
-        return
+    """Records in finishing order; `window` requests of one task go to the strategy at a time (remote backends
+    run them concurrently)."""
     for ti, group in itertools.groupby(items, key=lambda x: x[0]):
         tp = p.tasks[ti]
         sis = [si for _, si in group]

@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -112,6 +113,7 @@ class QTTTResult:
     prefill_s: float
     adapt_s: float
     decode_s: float
+    probe: Any = None  # what qttt_answer's `probe` callback returned
 
     @property
     def wall_time(self) -> float:
@@ -297,10 +299,14 @@ def qttt_answer(
     *,
     context_len: int | None = None,
     stop=None,
+    probe: Callable[[nn.Module, Any], Any] | None = None,
+    probe_slots: int = 0,
 ) -> QTTTResult:
     """Prefill once, adapt W_Q on the frozen cache, decode the answer with the adapted model from the same cache,
     restore. `params`: a ctxlab.engine.SamplingParams (None = greedy); max_new_tokens overrides its length.
-    `context_len`: prompt tokens before the question (restricts spans when cfg.region == "context")."""
+    `context_len`: prompt tokens before the question (restricts spans when cfg.region == "context").
+    `probe(model, cache)`: called with the adapted weights after decoding, on the cache put back to the prompt
+    (`probe_slots` more cache slots for it); its value is `QTTTResult.probe`."""
     from ctxlab.engine import SamplingParams, generate_from_cache, prefill
 
     params = SamplingParams() if params is None else params
@@ -316,7 +322,7 @@ def qttt_answer(
     resolve_region(cfg, T, context_len)  # validate before the expensive prefill
     t0 = time.perf_counter()
     with torch.no_grad():  # not inference mode: the adaptation backpropagates through ops that read the cache
-        cache = model.new_cache(1, T + max_new_tokens, rewindable=True)
+        cache = model.new_cache(1, T + max(max_new_tokens, probe_slots), rewindable=True)
         prefill(model, ids, None, cache)
     _sync(device)
     t1 = time.perf_counter()
@@ -330,11 +336,13 @@ def qttt_answer(
         gen = generate_from_cache(model, logits[:, -1], cache, params, eos_ids, stop)[0]
         _sync(device)
         t3 = time.perf_counter()
+        fed = cache.length - T
+        cache.restore(at_prompt)
+        measured = probe(model, cache) if probe is not None else None
     finally:
         snap.restore()
         cache.restore(at_prompt)
-    fed = len(gen.ids) if gen.finish_reason == "eos" else max(len(gen.ids) - 1, 0)
-    return QTTTResult(gen.ids, gen.finish_reason, report, T, fed, t1 - t0, t2 - t1, t3 - t2)
+    return QTTTResult(gen.ids, gen.finish_reason, report, T, fed, t1 - t0, t2 - t1, t3 - t2, measured)
 
 
 def _sync(device: torch.device) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ctxlab.apps.demo.sweep import DemoResult, wilson
+from ctxlab.apps.demo.records import DemoResult, wilson
 
 _SHORT = {"in-context": "in-context", "thinking": "thinking", "qttt": "qTTT"}
 

@@ -3,12 +3,13 @@
 
 For every task × target length × example (seeds seed, seed+1, ...; the needle is the same at every length, only the
 haystack grows) and every strategy, it records the parsed answer, the attention mass on the evidence, the analytic
-compute and the wall time:
+compute and the wall time. The strategies are those of ctxlab/strategies (what `ctxlab eval` runs), each asked for
+an attention probe through its Request:
 
 - in-context: the direct prompt (`render_prompt(example)`), greedy answer.
 - thinking: the think-step-by-step prompt; the model writes its scratchpad until "Final:" (at most `think_budget`
   tokens; "\\nFinal:" is forced when the budget runs out or the model stops early), then the answer.
-- qtt: qTTT on the direct prompt (spans from the context part only, AdamW on W_Q, frozen cache), then a greedy
+- qttt: qTTT on the direct prompt (spans from the context part only, AdamW on W_Q, frozen cache), then a greedy
   answer from the adapted model; the query weights are restored bit-exactly after every example.
 
 Prompts are raw text, as the bundled model was trained (no chat template). Lengths are counted with the model's own
@@ -18,12 +19,11 @@ example (tolerance=None), and tables report the actual mean prompt length.
 Matched compute (ctxlab.strategies.flops.ArchCost of the model; unit = multiply-accumulates): by default each
 example's qTTT step count N is the largest whose N steps of span k cost no more than `think_budget` thinking tokens
 after that prompt (`ArchCost.match`); with `qttt_steps` given instead, the thinking budget is the most thinking
-tokens N steps pay for (`ArchCost.think_budget`). Given both, nothing is matched (the output says so). In-context
-and qTTT read the same prompt, so one prefill serves both, and the thinking prompt shares its context + question
-prefix (prefilled once, copied); each strategy is charged the full prefill's FLOPs and time, as if it had run alone.
+tokens N steps pay for (`ArchCost.think_budget`). Given both, nothing is matched (the output says so). Each
+strategy prefills its own prompt and is charged its FLOPs and time.
 
-Attention mass (App. E; ctxlab.strategies.diagnostics.probe_answer): teacher-forced on the reference answer tokens that
-follow "Final:" — after the direct prompt + "Final:" (in-context; qTTT with the adapted weights) or after the
+Attention mass (App. E; ctxlab.strategies.diagnostics.probe_answer): teacher-forced on the reference answer tokens
+that follow "Final:" — after the direct prompt + "Final:" (in-context; qTTT with the adapted weights) or after the
 model's own scratchpad + "Final:" (thinking) — summed over the evidence tokens, averaged over layers, heads and
 answer steps. Probes are diagnostics: their cost is in neither FLOPs nor wall time.
 
@@ -34,19 +34,20 @@ bars on the terminal.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ctxlab.apps.demo.records import DemoRecord, DemoResult, aggregate, write_json
 from ctxlab.errors import CtxlabError
+from ctxlab.strategies import LM, QTTT, AnswerProbe, InContext, Outcome, Prompt, Request, Strategy, Thinking
 
 SCHEMA = "ctxlab.apps.demo.sweep/1"
 TASK_NAMES = ("bank", "code", "kv")
@@ -197,356 +198,95 @@ def resolve_model(model: str) -> Path | str:
     return model
 
 
-# --------------------------------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class SampleRecord:
-    """One example under one strategy."""
-
-    task: str
-    target_tokens: int
-    seed: int
-    strategy: str
-    prompt_tokens: int  # the prompt this strategy read
-    context_tokens: int | None
-    evidence_tokens: int  # token positions holding the evidence
-    reference: str
-    prediction: str | None  # the task parser's reading of the generation (None: nothing parseable)
-    correct: bool
-    generation: str
-    finish_reason: str
-    attn_mass: float | None  # evidence attention mass (None: no probe)
-    answer_margin: float | None  # first answer token: its logit − the best other logit
-    answer_logprob: float | None  # Σ log p over the reference answer tokens
-    flops: float
-    wall_s: float
-    think_budget: int | None = None
-    think_tokens: int | None = None  # thinking tokens generated (before the forced marker, if any)
-    forced: bool | None = None  # "Final:" had to be forced
-    qttt_steps: int | None = None
-    qttt_span: int | None = None
-    qttt_loss_first: float | None = None
-    qttt_loss_last: float | None = None
-
-
-@dataclass(frozen=True)
-class PointResult:
-    """One task × length × strategy, aggregated over its examples."""
-
-    task: str
-    target_tokens: int
-    strategy: str
-    n: int
-    correct: int
-    accuracy: float  # 0-1
-    ci_low: float  # Wilson 95% interval
-    ci_high: float
-    mean_prompt_tokens: float
-    attn_mass: float | None
-    attn_mass_sem: float | None
-    flops: float  # mean per example
-    wall_s: float  # mean per example
-    chance: float  # a uniform guess among the candidates shown
-    think_tokens: float | None = None  # mean
-    qttt_steps: float | None = None  # mean
-
-
-@dataclass
-class DemoResult:
-    schema: str
-    status: str  # running | complete | interrupted | failed
-    config: dict[str, Any]
-    model: dict[str, Any]
-    matching: str
-    flops_unit: str
-    env: dict[str, Any]
-    started: float
-    elapsed_s: float = 0.0
-    points: list[PointResult] = field(default_factory=list)
-    samples: list[SampleRecord] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for k successes out of n (0-1 scale)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (0.0 if k == 0 else max(0.0, mid - half)), (1.0 if k == n else min(1.0, mid + half))
-
-
-def _mean(xs: Sequence[float]) -> float | None:
-    return sum(xs) / len(xs) if xs else None
-
-
-def _sem(xs: Sequence[float]) -> float | None:
-    m = _mean(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) if len(xs) > 1 else None
-
-
-def aggregate(samples: Sequence[SampleRecord], chance: dict[tuple[str, int], float]) -> list[PointResult]:
-    groups: dict[tuple[str, int, str], list[SampleRecord]] = {}
-    for s in samples:
-        groups.setdefault((s.task, s.target_tokens, s.strategy), []).append(s)
-    out = []
-    for (task, L, strat), rs in groups.items():
-        k, n = sum(r.correct for r in rs), len(rs)
-        lo, hi = wilson(k, n)
-        masses = [r.attn_mass for r in rs if r.attn_mass is not None]
-        out.append(PointResult(
-            task, L, strat, n, k, k / n, lo, hi, _mean([r.prompt_tokens for r in rs]), _mean(masses), _sem(masses),
-            _mean([r.flops for r in rs]), _mean([r.wall_s for r in rs]), chance.get((task, L), 0.0),
-            _mean([r.think_tokens for r in rs if r.think_tokens is not None]),
-            _mean([r.qttt_steps for r in rs if r.qttt_steps is not None]),
-        ))
-    return out
-
-
-def _finite(x: Any) -> Any:
-    """JSON has no NaN/inf: non-finite floats become null."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Atomic write: a reader (or an interrupted run) never sees half a file."""
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_finite(data), indent=1, allow_nan=False))
-    tmp.replace(path)
-
-
 # ------------------------------------------------------------------------------------------------ the runner
 
 
 @dataclass(frozen=True)
 class Item:
-    """One example, tokenized for the model."""
+    """One example, encoded as the strategies encode it (raw text: the bundled model has no chat format)."""
 
     ex: Any  # SandboxExample
-    direct: list[int]  # the direct prompt
-    think: list[int]  # the think-step-by-step prompt
-    context_len: int | None  # tokens of the context (a prefix of both prompts), None if not a clean prefix
-    evidence: list[int]  # token positions of the evidence (same in both prompts)
-    marker: list[int]  # reference target tokens up to the answer: "Final:" (+ a lone space token)
-    answer: list[int]  # reference answer tokens after `marker`
-    marker_tail: list[int]  # the part of `marker` after the "Final:" tokens (appended after the model's own marker)
+    prompt: Prompt
+    prompt_tokens: int  # the direct prompt's tokens
+    context_len: int | None  # tokens through the end of the context (a prefix of both prompts)
+    probe: AnswerProbe  # evidence positions and the reference answer after "Final:"
 
 
-def _encoder(tok):
-    return lambda text: tok.encode(text, add_special_tokens=False)
-
-
-def prepare(ex, tok) -> Item:
+def prepare(ex, lm: LM) -> Item:
     from ctxlab.strategies.diagnostics import char_spans_to_tokens
-    from ctxlab.tasks.sandbox import FINAL_MARKER, render_prompt, render_target
+    from ctxlab.tasks.sandbox import FINAL_MARKER, render_target
 
-    enc = _encoder(tok)
-    direct, think = enc(render_prompt(ex, False)), enc(render_prompt(ex, True))
-    ctx = enc(ex.context)
-    context_len = len(ctx) if direct[: len(ctx)] == ctx and think[: len(ctx)] == ctx and len(ctx) >= 2 else None
-    evidence = char_spans_to_tokens(enc, ex.context, ex.evidence)
-    target, fin = enc(render_target(ex, False)), enc(FINAL_MARKER)
+    prompt = Prompt(ex.context, ex.question)
+    enc = lm.encode(prompt, thinking=False)
+    plain = lm.encode_plain
+    offset = enc.context_len - len(plain(ex.context)) if enc.context_len is not None else 0  # e.g. a BOS token
+    evidence = tuple(char_spans_to_tokens(plain, ex.context, ex.evidence, offset))
+    target, fin = plain(render_target(ex, False)), plain(FINAL_MARKER)
     j = len(fin) if target[: len(fin)] == fin else 0
-    while j < len(target) - 1 and not tok.decode(target[j : j + 1]).strip():
+    while j < len(target) - 1 and not lm.tokenizer.decode(target[j : j + 1]).strip():
         j += 1  # a lone space token belongs to the marker: the answer steps start at the first answer character
     if j == 0:  # the target does not tokenize with "Final:" as a prefix: probe the whole target
-        return Item(ex, direct, think, context_len, evidence, [], target, [])
-    return Item(ex, direct, think, context_len, evidence, target[:j], target[j:], target[len(fin) : j])
+        probe = AnswerProbe(evidence, tuple(target))
+    else:
+        probe = AnswerProbe(evidence, tuple(target[j:]), tuple(target[:j]), tuple(target[len(fin) : j]))
+    return Item(ex, prompt, len(enc.ids), enc.context_len, probe)
 
 
 class Runner:
-    """Runs the strategies on one prepared example; the model is float32 on CPU (or wherever it was loaded)."""
+    """Runs the strategies (ctxlab/strategies, the same ones `ctxlab eval` runs) on one prepared example."""
 
     def __init__(self, model: nn.Module, tok, cfg: DemoConfig):
-        from ctxlab.strategies.flops import ArchCost
+        from ctxlab.strategies.thinking import forced_text
 
-        self.model, self.tok, self.cfg = model, tok, cfg
-        self.cost = ArchCost.from_config(model.cfg)
+        self.lm = LM(model, tok, chat=False)
+        self.cfg = cfg
+        self.cost = self.lm.cost()
         self.device = next(model.parameters()).device
-        self.eos = tuple(tok.eos_token_ids)
-        self.fin = _encoder(tok)("Final:")
-        self.forced = _encoder(tok)("\nFinal:")
+        self.forced = self.lm.encode_plain(forced_text("scratchpad"))
 
-    # ---- small helpers
-
-    def _tensor(self, ids: Sequence[int]) -> torch.Tensor:
-        return torch.tensor([list(ids)], dtype=torch.long, device=self.device)
-
-    def _feed(self, cache, ids: Sequence[int]) -> torch.Tensor:
-        """Append ids to the cache; the last position's logits (1, V)."""
-        with torch.no_grad():
-            out, _ = self.model(self._tensor(ids), cache, last_only=True)
-        return out[:, -1]
-
-    def _greedy(self, logits, cache, max_new: int, stop=None):
-        from ctxlab.engine import SamplingParams, generate_from_cache
-
-        return generate_from_cache(self.model, logits, cache, SamplingParams(max_new_tokens=max_new), self.eos,
-                                   stop)[0]
-
-    def _probe(self, cache, prompt: list[int], extra: list[int], item: Item):
-        """Evidence mass etc. with the current weights: the cache holds `prompt`; `extra` is appended, the answer
-        teacher-forced, and the cache is rewound to len(prompt)."""
-        from ctxlab.strategies.diagnostics import probe_answer
-
-        T = len(prompt)
-        try:
-            if extra:
-                self._feed(cache, extra)
-            return probe_answer(self.model, cache, prompt + extra, item.evidence, item.answer)
-        finally:
-            cache.rewind(T)
-
-    def _record(self, item: Item, strategy: str, prompt_tokens: int, ids: list[int], finish: str, probe, flops: float,
-                wall: float, **extra: Any) -> SampleRecord:
-        from ctxlab.tasks.sandbox import PARSERS
-
-        ex = item.ex
-        text = self.tok.decode(ids, skip_special_tokens=True)
-        pred = PARSERS[ex.task](text)
-        return SampleRecord(
-            ex.task, ex.meta["target_tokens"], ex.meta["seed"], strategy, prompt_tokens, item.context_len,
-            len(item.evidence), ex.answer, pred, pred == ex.answer, text, finish,
-            None if probe is None else probe.mass, None if probe is None else probe.margin,
-            None if probe is None else probe.answer_logprob, float(flops), wall, **extra,
-        )
-
-    def _qttt_plan(self, T: int, context_len: int | None) -> tuple[int, int, int | None]:
-        """(span k, steps N, thinking budget) for a direct prompt of T tokens, per the matching mode."""
+    def _qttt_plan(self, T: int, context_len: int | None) -> tuple[int, int | None, int | None]:
+        """(span k, fixed steps N or None = matched by the strategy, thinking budget) per the matching mode."""
         k = min(self.cfg.qttt_span, (context_len or T) - 1)
         if self.cfg.matching == "qttt-from-thinking":
-            return k, self.cost.match(T, self.cfg.think_budget, k)[1], self.cfg.think_budget
+            return k, None, self.cfg.think_budget
         if self.cfg.matching == "thinking-from-qttt":
             return k, self.cfg.qttt_steps, self.cost.think_budget(T, k, self.cfg.qttt_steps)
         return k, self.cfg.qttt_steps, self.cfg.think_budget
 
-    # ---- strategies
+    def strategies(self, item: Item) -> dict[str, Strategy]:
+        k, steps, budget = self._qttt_plan(item.prompt_tokens, item.context_len)
+        c = self.cfg
+        return {"in-context": InContext(), "thinking": Thinking(think_tokens=budget),
+                "qttt": QTTT(think_tokens=c.think_budget or 0, span=k, steps=steps, lr=c.qttt_lr,
+                             region=c.qttt_region, probe=False)}
 
-    def run(self, item: Item) -> list[SampleRecord]:
-        want = set(self.cfg.strategies)
-        out: list[SampleRecord] = []
-        k, N, budget = self._qttt_plan(len(item.direct), item.context_len)
-        budget_t = self.cfg.think_budget if budget is None else budget
-        A = self.cfg.max_answer_tokens
-        caps = {}
-        if want & {"in-context", "qttt"}:
-            caps["direct"] = len(item.direct) + max(A, len(item.marker) + len(item.answer))
-        if "thinking" in want:
-            caps["think"] = (len(item.think) + budget_t + len(self.forced) + len(item.marker_tail)
-                             + max(A, len(item.answer)))
-        pre = self._prefill(item, caps)
-        if "direct" in pre:
-            out += self.direct(item, *pre["direct"], "in-context" in want, "qttt" in want, k, N, budget)
-        if "think" in pre:
-            out.append(self.thinking(item, *pre["think"], budget_t))
-        order = {s: i for i, s in enumerate(self.cfg.strategies)}
-        return sorted(out, key=lambda r: order[r.strategy])
+    def run(self, item: Item) -> list[DemoRecord]:
+        strategies = self.strategies(item)
+        req = Request(item.prompt, self.cfg.max_answer_tokens, seed=self.cfg.seed + item.ex.meta["seed"],
+                      probe=item.probe)
+        return [self._record(item, name, strategies[name], strategies[name].run(self.lm, req))
+                for name in self.cfg.strategies]
 
-    def _prefill(self, item: Item, caps: dict[str, int]) -> dict[str, tuple[Any, torch.Tensor, float]]:
-        """Prefilled caches of the direct and/or thinking prompt: name → (cache, last logits (1, V), seconds).
-        Both prompts start with the same context and question: with plain KV caches that prefix is prefilled once
-        and copied, and its time is charged to both (what each would have spent alone)."""
-        from ctxlab.engine import prefill
-        from ctxlab.models.cache import KVCache
+    def _record(self, item: Item, name: str, strategy: Strategy, out: Outcome) -> DemoRecord:
+        from ctxlab.tasks.sandbox import PARSERS
 
-        ids = {"direct": item.direct, "think": item.think}
-        caches = {name: self.model.new_cache(1, cap, rewindable=True) for name, cap in caps.items()}
-        P, base = 0, {name: 0.0 for name in caps}
-        if len(caps) == 2 and all(type(c) is KVCache for c in caches.values()):
-            a, b = item.direct, item.think
-            while P < min(len(a), len(b)) - 1 and a[P] == b[P]:
-                P += 1
-        with torch.no_grad():  # not inference mode: qTTT backpropagates through ops that read these caches
-            if P > 0:
-                src, dst = caches["direct"], caches["think"]
-                t0 = time.perf_counter()
-                prefill(self.model, self._tensor(a[:P]), None, src)
-                t1 = time.perf_counter()
-                dst.copy_prefix(src, P)
-                base = {"direct": t1 - t0, "think": time.perf_counter() - t0}
-            out = {}
-            for name, cache in caches.items():
-                t0 = time.perf_counter()
-                logits, _ = prefill(self.model, self._tensor(ids[name][P:]), None, cache)
-                out[name] = (cache, logits, base[name] + time.perf_counter() - t0)
-        return out
-
-    def direct(self, item: Item, cache, logits: torch.Tensor, t_prefill: float, in_context: bool, qttt: bool,
-               k: int, N: int, budget: int | None) -> list[SampleRecord]:
-        """In-context and/or qTTT from one prefilled cache of the direct prompt (qTTT never writes its slots)."""
-        from ctxlab.strategies.native import qttt_flops
-        from ctxlab.strategies.qttt import QTTTConfig, QTTTResult, adapted
-
-        ids, T, A = item.direct, len(item.direct), self.cfg.max_answer_tokens
-        out = []
-        if in_context:
-            t0 = time.perf_counter()
-            g = self._greedy(logits, cache, A)
-            wall = t_prefill + time.perf_counter() - t0
-            fed = cache.length - T
-            cache.rewind(T)
-            flops = self.cost.prefill(T) + self.cost.decode(T, fed)
-            probe = self._probe(cache, ids, item.marker, item)
-            out.append(self._record(item, "in-context", T, g.ids, g.finish_reason, probe, flops, wall))
-        if qttt:
-            qcfg = QTTTConfig(steps=N, span=k, lr=self.cfg.qttt_lr, seed=self.cfg.seed + item.ex.meta["seed"],
-                              region=self.cfg.qttt_region, probe=False)
-            with adapted(self.model, cache, ids, qcfg, context_len=item.context_len) as report:
-                t0 = time.perf_counter()
-                with torch.no_grad():  # the adapted model's logits at the last prompt slot (queries only)
-                    logits, _ = self.model(self._tensor(ids[-1:]), cache, start=T - 1, frozen=True)
-                g = self._greedy(logits[:, -1], cache, A)
-                t_decode = time.perf_counter() - t0
-                fed = cache.length - T
-                cache.rewind(T)
-                probe = self._probe(cache, ids, item.marker, item)
-            res = QTTTResult(g.ids, g.finish_reason, report, T, fed, t_prefill, report.wall_time, t_decode)
-            flops = qttt_flops(self.cost, res)["total"]
-            out.append(self._record(
-                item, "qttt", T, g.ids, g.finish_reason, probe, flops, res.wall_time, think_budget=budget,
-                qttt_steps=report.steps, qttt_span=report.span,
-                qttt_loss_first=report.losses[0] if report.losses else None,
-                qttt_loss_last=report.losses[-1] if report.losses else None,
-            ))
-        return out
-
-    def thinking(self, item: Item, cache, logits: torch.Tensor, t_prefill: float, budget: int) -> SampleRecord:
-        """Scratchpad until "Final:" (at most `budget` tokens, else forced), then the answer."""
-        from ctxlab.engine import StopCriteria
-
-        ids, T, A = item.think, len(item.think), self.cfg.max_answer_tokens
-        t0 = time.perf_counter()
-        thought: list[int] = []
-        natural = False
-        if budget > 0:
-            stop = StopCriteria.from_strings(["Final:"], lambda t: self.tok.decode(t, skip_special_tokens=False))
-            g = self._greedy(logits, cache, budget, stop)
-            thought, natural = list(g.ids), g.finish_reason == "stop"
-        # the decode loop does not feed its last sampled token (nor EOS): feed it with the forced marker, if any
-        pending = thought[-1:] if thought and cache.length < T + len(thought) else []
-        forced = [] if natural else list(self.forced)
-        if pending or forced:
-            logits = self._feed(cache, pending + forced)
-        marked = T + len(thought) + len(forced)  # slots through "Final:"
-        g = self._greedy(logits, cache, A)
-        wall = t_prefill + time.perf_counter() - t0
-        fed = cache.length - T
-        flops = self.cost.prefill(T) + self.cost.decode(T, fed)
-        cache.rewind(marked)
-        probe = self._probe(cache, ids + thought + forced, item.marker_tail, item)
-        return self._record(item, "thinking", T, thought + forced + g.ids, g.finish_reason, probe, flops, wall,
-                            think_budget=budget, think_tokens=len(thought), forced=not natural)
+        ex, d, probe = item.ex, out.diagnostics, out.probe
+        text = self.lm.tokenizer.decode(list(out.tokens), skip_special_tokens=True)
+        pred = PARSERS[ex.task](text)
+        extra: dict[str, Any] = {}
+        if name == "thinking":
+            extra = {"think_budget": strategy.think_tokens, "think_tokens": d["think_tokens"], "forced": d["forced"]}
+        elif name == "qttt":
+            losses = d["losses"]
+            extra = {"think_budget": self._qttt_plan(item.prompt_tokens, item.context_len)[2],
+                     "qttt_steps": len(losses), "qttt_span": d["span"],
+                     "qttt_loss_first": losses[0] if losses else None, "qttt_loss_last": losses[-1] if losses else None}
+        return DemoRecord(
+            ex.task, ex.meta["target_tokens"], ex.meta["seed"], name, d["prompt_tokens"], item.context_len,
+            len(item.probe.evidence), ex.answer, pred, pred == ex.answer, text, d["finish_reason"],
+            None if probe is None else probe.mass, None if probe is None else probe.margin,
+            None if probe is None else probe.answer_logprob, float(out.flops), out.wall_s, **extra,
+        )
 
 
 # ------------------------------------------------------------------------------------------------ examples
@@ -651,7 +391,7 @@ def _run(cfg: DemoConfig, path: Path | str, console) -> DemoResult:
                         ex = make_example(task, cfg.seed + i, L, tok)
                         examples.append(ex)
                         chance[task, L] = chance_level(task, examples)
-                        result.samples.extend(runner.run(prepare(ex, tok)))
+                        result.samples.extend(runner.run(prepare(ex, runner.lm)))
                         save("running")
                         progress.advance(bar)
     except KeyboardInterrupt:

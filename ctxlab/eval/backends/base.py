@@ -253,6 +253,7 @@ class BaseBackend:
     # strategies this backend can run: "in-context" = plain generation through `imap`; the native backend adds
     # ctxlab's test-time strategies (thinking, self-consistency, qTTT), which need the model's weights.
     strategies: ClassVar[tuple[str, ...]] = ("in-context",)
+    lm: Any = None  # the native backend's model + tokenizer (ctxlab.strategies.LM); None: text in, text out
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
