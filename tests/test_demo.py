@@ -94,7 +94,7 @@ def test_bundled_missing_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_context_limit_checked_before_the_sweep(tiny, tmp_path):
     with pytest.raises(CtxlabError, match="exceed the model's context of 2048"):
-        demo.demo_cli(model=str(tiny), lengths=[2048], n=1, out_dir=str(tmp_path / "o"))
+        demo.run_demo(demo.make_config(model=str(tiny), lengths=[2048], n=1, out_dir=str(tmp_path / "o")))
     assert not (tmp_path / "o" / "results.json").exists()
 
 
@@ -123,8 +123,8 @@ def test_partial_run_leaves_valid_results(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(demo.Runner, "run", flaky)
     out = tmp_path / "partial"
     with pytest.raises(KeyboardInterrupt):
-        demo.demo_cli(model=str(tiny), tasks="kv", lengths=[128], n=4, strategies="in-context,qttt",
-                      think_budget=16, out_dir=str(out))
+        demo.run_demo(demo.make_config(model=str(tiny), tasks="kv", lengths=[128], n=4, strategies="in-context,qttt",
+                      think_budget=16, out_dir=str(out)))
     d = json.loads((out / "results.json").read_text())
     assert d["status"] == "interrupted"
     assert len(d["samples"]) == 4 and {s["strategy"] for s in d["samples"]} == {"in-context", "qttt"}
@@ -136,8 +136,8 @@ def test_thinking_from_qttt_matching(tiny, tmp_path):
     from ctxlab.models.loading import load_model
     from ctxlab.strategies.flops import ArchCost
 
-    r = demo.demo_cli(model=str(tiny), tasks="kv", lengths=[128], n=1, qttt_steps=3, qttt_span=8,
-                      out_dir=str(tmp_path / "rev"))
+    r = demo.run_demo(demo.make_config(model=str(tiny), tasks="kv", lengths=[128], n=1, qttt_steps=3, qttt_span=8,
+                      out_dir=str(tmp_path / "rev")))
     cost = ArchCost.from_config(load_model(tiny).model.cfg)
     q = next(s for s in r.samples if s.strategy == "qttt")
     t = next(s for s in r.samples if s.strategy == "thinking")
@@ -225,7 +225,7 @@ def test_qttt_region_reaches_the_adaptation(tiny, tmp_path, monkeypatch, region)
         return real(model, cache, ids, cfg, **kw)
 
     monkeypatch.setattr(qttt, "adapt", spy)
-    demo.demo_cli(model=str(tiny), tasks="kv", lengths=[128], n=1, strategies="qttt", qttt_steps=2,
-                  qttt_span=8, qttt_region=region, out_dir=str(tmp_path / region))
+    demo.run_demo(demo.make_config(model=str(tiny), tasks="kv", lengths=[128], n=1, strategies="qttt", qttt_steps=2,
+                  qttt_span=8, qttt_region=region, out_dir=str(tmp_path / region)))
     assert [s[0] for s in seen] == [region] and seen[0][1] < seen[0][2]  # the question follows the context
     assert json.loads((tmp_path / region / "results.json").read_text())["config"]["qttt_region"] == region

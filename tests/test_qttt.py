@@ -520,17 +520,17 @@ def _no_template(path):
 
 
 def test_run_ttt_cli(scratch):
-    from ctxlab.commands.ttt import run_ttt_cli
+    from ctxlab.commands.ttt import answer_with_qttt
 
     path, _, _ = scratch
     out = io.StringIO()
-    rep = run_ttt_cli(str(path), CONTEXT, "What is the value for key 7f3a?", steps=3, span=16, lr=1e-3,
+    rep = answer_with_qttt(str(path), CONTEXT, "What is the value for key 7f3a?", steps=3, span=16, lr=1e-3,
                       max_new_tokens=4, out=out)
     text = out.getvalue()
     assert "span loss" in text and "thinking tokens" in text and rep["steps"] == 3
     assert rep["matched_thinking_tokens"] > 0 and rep["flops"]["total"] > rep["flops"]["prefill"]
     with pytest.raises(CtxlabError, match="steps"):
-        run_ttt_cli("/nonexistent/model", CONTEXT, "q?", steps=-1)  # validated before loading
+        answer_with_qttt("/nonexistent/model", CONTEXT, "q?", steps=-1)  # validated before loading
 
 
 class ByteTokenizer:

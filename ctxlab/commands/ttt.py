@@ -4,15 +4,38 @@ long context with qTTT (the QTTT strategy with fixed steps) and print a short re
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from pathlib import Path
+from typing import Annotated, TextIO
+
+import typer
 
 from ctxlab.checks import check_int
+from ctxlab.commands.common import DeviceOpt, DtypeOpt, ModelArg
 from ctxlab.errors import CtxlabError
-from ctxlab.strategies import LM, QTTT, Prompt, Request
-from ctxlab.tasks.format import answer_text
 
 
-def run_ttt_cli(
+def run(
+    model: ModelArg,
+    context: Annotated[Path, typer.Option(help="file holding the long context")],
+    question: Annotated[str, typer.Option(help="the question asked after the context")],
+    steps: Annotated[int, typer.Option(help="qTTT gradient steps N")] = 32,
+    span: Annotated[int, typer.Option(help="span length k in tokens")] = 128,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate on the query projections")] = 1e-5,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    seed: int = 0,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Query-only test-time training: one prefill, N steps on W_Q against the frozen cache, then the answer."""
+    try:
+        text = context.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CtxlabError(f"cannot read context file {context}: {e.__class__.__name__}") from None
+    answer_with_qttt(model, text, question, steps, span, lr, max_new_tokens=max_new_tokens, seed=seed, dtype=dtype,
+                     device=device)
+
+
+def answer_with_qttt(
     model_path: str,
     context_text: str,
     question: str,
@@ -36,10 +59,12 @@ def run_ttt_cli(
     if not question.strip():
         raise CtxlabError("the question is empty")
     check_int("max_new_tokens", max_new_tokens, 1)
-    strategy = QTTT(steps=steps, span=span, lr=lr, region=region, probe=True)  # validated here, before loading
-
     from ctxlab.models.loading import load_model
+    from ctxlab.strategies import LM, QTTT, Prompt, Request
+    from ctxlab.tasks.format import answer_text
     from ctxlab.tokenizer import Tokenizer
+
+    strategy = QTTT(steps=steps, span=span, lr=lr, region=region, probe=True)  # validated here, before loading
 
     loaded = load_model(model_path, dtype=dtype, device=device)
     lm = LM(loaded.model, Tokenizer.from_dir(loaded.path))

@@ -45,7 +45,7 @@ from ctxlab.tasks.format import format_prompt
 from ctxlab.tasks.metrics import METRICS, Metric, aggregate_by
 
 DEFAULT_MAX_NEW_TOKENS = 64
-_TASK_BASE_FIELDS = ("name", "version", "card", "metrics", "languages", "needs_data_dir")
+_TASK_BASE_FIELDS = ("name", "version", "card", "metrics", "languages", "needs_data_dir", "truncation", "breakdown")
 _SELECTOR = re.compile(r"^[A-Za-z0-9_.:-]+$")
 _MIN_PROMPT_TOKENS = 8
 
@@ -215,11 +215,9 @@ def assign_data_dirs(tasks: Sequence[Task], specs: Sequence[str]) -> list[Path |
 
 
 def task_metric(task: Task, name: str) -> Metric:
-    hook = getattr(task, "metric", None)  # a task may define metric(name) -> Metric for metrics of its own
-    if callable(hook):
-        m = hook(name)
-        if m is not None:
-            return m
+    m = task.metric(name)
+    if m is not None:
+        return m
     if name in METRICS:
         return METRICS[name]
     raise CtxlabError(f"task {task.name} reports metric {name!r}, which no metric registry defines")
@@ -256,12 +254,6 @@ def load_task_samples(task: Task, data_dir: Path | None, limit: int | None) -> t
                               "private answers?); evaluate a split with references")
         hashes.append(_sha({"prompt": task.prompt(s), "reference": s.reference}))
     return samples, hashes
-
-
-def truncation_policy(task: Task) -> str:
-    if callable(getattr(task, "fit_prompt", None)):
-        return str(getattr(task, "truncation", "task"))
-    return "left_context"
 
 
 # ------------------------------------------------------------------------------------------------ plan
@@ -314,10 +306,10 @@ def plan(cfg: EvalConfig, extra_tasks: Sequence[Task] = ()) -> Plan:
     tplans: list[TaskPlan] = []
     for task, metrics, data_dir, options in zip(selected, metric_sets, dirs, applied, strict=True):
         samples, hashes = load_task_samples(task, data_dir, cfg.limit)
-        max_new = cfg.max_new_tokens or getattr(task, "max_new_tokens", None) or DEFAULT_MAX_NEW_TOKENS
-        temp = cfg.temperature if cfg.temperature is not None else float(getattr(task, "temperature", 0.0))
-        tplans.append(TaskPlan(task, samples, hashes, metrics, data_dir, int(max_new), float(temp),
-                               truncation_policy(task), options))
+        max_new = cfg.max_new_tokens or task.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+        temp = cfg.temperature if cfg.temperature is not None else float(task.temperature)
+        tplans.append(TaskPlan(task, samples, hashes, metrics, data_dir, int(max_new), float(temp), task.truncation,
+                               options))
 
     settings = {
         "schema": SCHEMA,
@@ -368,24 +360,6 @@ class Fitted:
     truncated: int
 
 
-def _cut_context_left(task: Task, sample: Sample, tok: Any, budget: int) -> tuple[str, str]:
-    """Drop the oldest context tokens until the prompt fits `budget` tokens (question and instructions kept).
-    Returns (prompt, the context that remains)."""
-    ids = list(tok.encode(sample.context))
-    text = task.prompt(sample)
-    cut = max(1, len(tok.encode(text)) - budget)
-    while True:
-        if cut > len(ids):
-            raise CtxlabError(f"{task.name} sample {sample.id!r}: the prompt does not fit {budget} tokens even "
-                              "without its context; lower the answer/thinking budget")
-        context = tok.decode(ids[cut:])
-        text = task.prompt(dataclasses.replace(sample, context=context))
-        n = len(tok.encode(text))
-        if n <= budget:
-            return text, context
-        cut += n - budget
-
-
 def fit_prompt(tp: TaskPlan, sample: Sample, backend: BaseBackend, reserve: int, thinking: bool = False) -> Fitted:
     """The task prompt fitted to the backend's context, leaving `reserve` tokens for what is generated.
 
@@ -407,14 +381,8 @@ def fit_prompt(tp: TaskPlan, sample: Sample, backend: BaseBackend, reserve: int,
             raise CtxlabError(f"{tp.task.name}: the model's context of {ctx} tokens leaves too little room for the "
                               f"prompt after reserving {reserve} tokens for generation; lower --max-new-tokens or "
                               "--budget-think-tokens")
-        fitted_structured = None
-        if tp.truncation == "keep_query":
-            fitted = tp.task.fit_prompt(sample, tok, budget, reserve=0)
-        elif tp.truncation == "left_context":
-            fitted, context = _cut_context_left(tp.task, sample, tok, budget)
-            fitted_structured = (context, sample.question) if structured else None
-        else:  # "middle" and any other task-defined policy: fit_prompt(sample, tokenizer, prompt budget)
-            fitted = tp.task.fit_prompt(sample, tok, budget)
+        fitted, short = tp.task.fit_to(sample, tok, budget)
+        fitted_structured = (short.context, short.question) if structured and short is not None else None
         m = backend.sent_tokens(fitted, fitted_structured, thinking)
         if m <= limit:
             return Fitted(fitted, fitted_structured, m, max(0, n - m))
@@ -526,7 +494,7 @@ def _task_result(p: Plan, tp: TaskPlan, recs: Mapping[str, SampleRecord]) -> Tas
         vals = [tuple(v) if isinstance(v, list) else v for v in (r.scores[name] for r in ordered)]
         metrics[name] = MetricResult(m.aggregate(vals), m.stderr(vals, n=p.cfg.bootstrap, seed=p.cfg.seed),
                                      m.higher_is_better, m.description)
-        for key in getattr(tp.task, "breakdown", ()) or ():
+        for key in tp.task.breakdown:
             groups = [str(s.meta.get(key)) for s in tp.samples]
             breakdown.setdefault(name, {})[key] = aggregate_by(m, vals, groups)
     flops = [r.flops for r in ordered]

@@ -154,6 +154,9 @@ class LongBenchV2Task(Task):
         e.g. 120000; the official script does not subtract the 128 generated tokens)."""
         return truncate_middle(self.prompt(sample), tokenizer, max_len)
 
+    def fit_to(self, sample: Sample, tokenizer: TokenizerLike, budget: int) -> tuple[str, Sample | None]:
+        return self.fit_prompt(sample, tokenizer, budget), None
+
     def parse(self, generation: str) -> str | None:
         return extract_answer(generation.strip())
 

@@ -187,6 +187,9 @@ class ZeroScrollsTask(Task):
         budget = max_tokens - len(tokenizer.encode(suffix)) - gen - 1
         return truncate_keep_suffix(sample.context, suffix, tokenizer, budget)
 
+    def fit_to(self, sample: Sample, tokenizer: TokenizerLike, budget: int) -> tuple[str, Sample | None]:
+        return self.fit_prompt(sample, tokenizer, budget, reserve=0), None
+
     def score(self, prediction: Any, sample: Sample) -> dict[str, SampleValue]:
         if not sample.reference:
             raise CtxlabError(

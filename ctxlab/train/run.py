@@ -63,7 +63,8 @@ def init_scratch(cfg: TrainConfig, out: Path, console: Console) -> Path:
     return init
 
 
-def train_cli(kind: str, config_path: str | Path, resume: bool = False, console: Console | None = None) -> TrainResult:
+def run_training(kind: str, config_path: str | Path, resume: bool = False,
+                 console: Console | None = None) -> TrainResult:
     """Validate the config for `kind`, then train; returns the TrainResult (history, final dir)."""
     console = console or Console(stderr=True)
     cfg = load_config(config_path)

@@ -250,9 +250,3 @@ def induction_circuit_init(model: torch.nn.Module, gain: float = 3.0, seed: int 
         for a, dims in ((a0, fast), (a1, slow)):
             for norm in (a.q_norm, a.k_norm):
                 norm.weight[dims] = gain
-
-
-if __name__ == "__main__":  # `python -m ctxlab.train.scratch OUT_DIR`: a tiny random checkpoint for smoke runs
-    import sys
-
-    print(build_checkpoint(sys.argv[1] if len(sys.argv) > 1 else "demo_out/tiny"))

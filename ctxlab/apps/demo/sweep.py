@@ -303,31 +303,11 @@ def make_example(task: str, seed: int, length: int, tok):
 # ------------------------------------------------------------------------------------------------ entry point
 
 
-def demo_cli(
-    model: str = "bundled",
-    tasks: str | Sequence[str] = DEFAULT_TASKS,
-    lengths: str | Sequence[int] | None = None,
-    n: int | None = None,
-    strategies: str | Sequence[str] = STRATEGY_NAMES,
-    think_budget: int | None = None,
-    qttt_steps: int | None = None,
-    qttt_span: int | None = None,
-    qttt_lr: float | None = None,
-    seed: int = 0,
-    out_dir: str = "demo_out",
-    quick: bool = False,
-    *,
-    max_answer_tokens: int | None = None,
-    threads: int | None = None,
-    qttt_region: str | None = None,
-    console=None,
-) -> DemoResult:
-    """Run the sweep, print the table, write results.json / table.md / demo.png to out_dir; returns the result.
-    All options are validated (and the model path resolved) before the model is loaded."""
+def run_demo(cfg: DemoConfig, console=None) -> DemoResult:
+    """Run the sweep of a validated config (make_config), print the table, write results.json / table.md /
+    demo.png to cfg.out_dir; returns the result. The model path is resolved before the model is loaded."""
     from rich.console import Console
 
-    cfg = make_config(model, tasks, lengths, n, strategies, think_budget, qttt_steps, qttt_span, qttt_lr,
-                      max_answer_tokens, seed, out_dir, quick, threads, qttt_region)
     path = resolve_model(cfg.model)
     if console is None:
         console = Console()

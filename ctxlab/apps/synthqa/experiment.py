@@ -1,6 +1,6 @@
 """End-to-end synthetic multilingual QA experiment (after Shakeri et al. 2020) with small scratch models.
 
-Stages (all training through the one loop, `ctxlab.train.train_cli("sft"|"pretrain", config)`):
+Stages (all training through the one loop, `ctxlab.train.run_training("sft"|"pretrain", config)`):
  1. data     XQuAD in `langs`, article-level split (`split_parallel`): generator / qa / eval articles, identical in
              every language. Eval-split files are written as `data/eval/xquad.LANG.json` (usable by `ctxlab eval`).
  2. init     a byte-level BPE tokenizer trained on the *train-split* contexts (generator + qa articles, all
@@ -31,7 +31,6 @@ from typing import Any
 
 import torch
 
-from ctxlab.apps.synthqa.command import TextModel, generator_prompt, make_answer, make_generate, qa_parse, qa_prompt
 from ctxlab.apps.synthqa.generator import (
     DEFAULT_FRACTIONS,
     Context,
@@ -43,6 +42,7 @@ from ctxlab.apps.synthqa.generator import (
     split_parallel,
 )
 from ctxlab.apps.synthqa.report import GainRow, format_gain_table, gain_table, plot_gains
+from ctxlab.apps.synthqa.run import TextModel, generator_prompt, make_answer, make_generate, qa_parse, qa_prompt
 from ctxlab.errors import CtxlabError
 from ctxlab.tasks.xquad import (
     XQUAD_LANGS,
@@ -228,7 +228,7 @@ def qa_rows(articles: Sequence[Article], lang: str, source: str) -> list[dict[st
 
 def _train(kind: str, name: str, cfg: ExperimentConfig, init: Path, data: dict[str, Any], steps: int,
            runs: Path) -> Path:
-    from ctxlab.train import train_cli
+    from ctxlab.train import run_training
 
     run_dir = runs / name
     conf = {
@@ -242,7 +242,7 @@ def _train(kind: str, name: str, cfg: ExperimentConfig, init: Path, data: dict[s
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(conf, indent=2) + "\n")
     _log(f"{name}: ctxlab train {kind} --config {path}")
-    train_cli(kind, path)
+    run_training(kind, path)
     return run_dir / "final"
 
 

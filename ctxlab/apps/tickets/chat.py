@@ -106,7 +106,7 @@ class Transcript:
         return jl, txt
 
 
-def chat_cli(model: str, scripted_user: Path | None = None, db: Path | None = None, max_turns: int = 20, *,
+def run_chat(model: str, scripted_user: Path | None = None, db: Path | None = None, max_turns: int = 20, *,
              simulate_user: bool = False, seed: int = 0, transcript: Path | None = None, agent_first: bool = False,
              max_calls: int = 4, device: str = "cpu", predictor: Predictor | None = None,
              backend: Backend | None = None, out: TextIO | None = None,

@@ -1,10 +1,10 @@
 """Build, train and evaluate a small TicketTalk agent on the one training loop (ctxlab/train).
 
-    python -m ctxlab.apps.tickets.pipeline prepare --out runs/tickets          # data, tokenizer, initial model
+    ctxlab tickets prepare --out runs/tickets          # data, tokenizer, initial model
     ctxlab train pretrain --config configs/tickets_lm.toml           # dialogue LM (whole dialogues)
     ctxlab train sft --config configs/tickets_sft.toml               # next-action SFT
     ctxlab train dpo --config configs/tickets_dpo.toml               # reward pairs (optional)
-    python -m ctxlab.apps.tickets.pipeline eval runs/tickets/sft/final --data runs/tickets/sim_eval.tsv
+    ctxlab tickets eval runs/tickets/sft/final --data runs/tickets/sim_eval.tsv
 
 `prepare` writes under OUT: sim_train.tsv / sim_eval.tsv (simulated dialogues, different seeds), tm3_train.tsv /
 tm3_eval.tsv (train-bc.tsv split by conversation), lm.txt (whole dialogues for the LM stage), sft.jsonl, dpo.jsonl
@@ -16,7 +16,6 @@ reply BLEU), `baseline` scores trivial predictors on the same rows.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -266,7 +265,7 @@ def transcript_doc(out_md: str | Path, *, model: str | None = None, user_script:
     import tempfile
 
     from ctxlab.apps.tickets.agent import ScriptedPredictor
-    from ctxlab.apps.tickets.chat import chat_cli
+    from ctxlab.apps.tickets.chat import run_chat
 
     out_md = Path(out_md)
     with tempfile.TemporaryDirectory() as tmp:
@@ -283,14 +282,14 @@ def transcript_doc(out_md: str | Path, *, model: str | None = None, user_script:
         else:
             raise CtxlabError("transcript_doc needs model + user_script, or replay")
         with open(Path(tmp) / "screen.txt", "w", encoding="utf-8") as screen:
-            summary = chat_cli(label, script, Path(tmp) / "tickets.db", max_turns, predictor=predictor,
+            summary = run_chat(label, script, Path(tmp) / "tickets.db", max_turns, predictor=predictor,
                                transcript=Path(tmp) / "chat", out=screen)
         body = (Path(tmp) / "chat.txt").read_text(encoding="utf-8").splitlines()[2:]
     how = ("the agent's actions are the rule-based agent's (ctxlab/apps/tickets/simulate.py) replayed through a "
            "`ScriptedPredictor`: no trained model is involved. Every API call is still validated against the "
            "ontology and executed on the real backend, and its live response is what the next step sees"
            if replay is not None else f"the agent is the checkpoint `{model}` (greedy decoding, NativePredictor)")
-    cmd = (f"python -m ctxlab.apps.tickets.pipeline transcript --replay {replay[0]}:{replay[1]} --out {out_md}"
+    cmd = (f"ctxlab tickets transcript --replay {replay[0]}:{replay[1]} --out {out_md}"
            if replay is not None else f"ctxlab chat tickets {model} --user-script {user_script}")
     md = ["# TicketTalk agent loop: an end-to-end transcript", "",
           "One chat with the agent loop of `ctxlab/apps/tickets/agent.py`: a scripted user (one line per turn), the "
@@ -330,58 +329,12 @@ def baselines(data: str | Path, limit: int | None = None) -> dict[str, Any]:
             "most_common_reply": score_predictions(samples, [common] * len(samples))}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ctxlab.apps.tickets.pipeline")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("prepare", help="simulate dialogues, convert data, build the initial checkpoint")
-    p.add_argument("--out", default="runs/tickets")
-    p.add_argument("--n-sim", type=int, default=4000)
-    p.add_argument("--n-sim-eval", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--sft-sim-dialogues", type=int, default=1500)
-    p.add_argument("--vocab-size", type=int, default=3072)
-    e = sub.add_parser("eval", help="score a checkpoint through the tickettalk task")
-    e.add_argument("model")
-    e.add_argument("--data", action="append", required=True)
-    e.add_argument("--limit", type=int)
-    e.add_argument("--max-prompt-tokens", type=int, default=512, help="history budget (oldest items dropped)")
-    e.add_argument("--out", help="write the scores as JSON")
-    sp = sub.add_parser("selfplay", help="end-to-end bookings against simulated users")
-    sp.add_argument("model")
-    sp.add_argument("--n", type=int, default=20)
-    sp.add_argument("--seed", type=int, default=10_000)
-    t = sub.add_parser("transcript", help="record one chat as markdown (docs/tickets_transcript.md)")
-    t.add_argument("--out", default="docs/tickets_transcript.md")
-    t.add_argument("--model")
-    t.add_argument("--user-script")
-    t.add_argument("--replay", help="SEED:INDEX of a simulated dialogue whose rule-agent actions are replayed")
-    b = sub.add_parser("baseline", help="score trivial predictors")
-    b.add_argument("--data", action="append", required=True)
-    b.add_argument("--limit", type=int)
-    args = ap.parse_args(argv)
+def parse_replay(text: str | None) -> tuple[int, int] | None:
+    """'SEED:INDEX' → (seed, index); a one-line error otherwise."""
+    if text is None:
+        return None
     try:
-        if args.cmd == "prepare":
-            prepare(args.out, n_sim=args.n_sim, n_sim_eval=args.n_sim_eval, seed=args.seed, seq_len=args.seq_len,
-                    sft_sim_dialogues=args.sft_sim_dialogues, vocab_size=args.vocab_size)
-        elif args.cmd == "eval":
-            res = {d: evaluate(args.model, d, limit=args.limit, max_prompt_tokens=args.max_prompt_tokens)
-                   for d in args.data}
-            if args.out:
-                Path(args.out).write_text(json.dumps(res, indent=2))
-        elif args.cmd == "transcript":
-            replay = tuple(int(x) for x in args.replay.split(":")) if args.replay else None
-            print(transcript_doc(args.out, model=args.model, user_script=args.user_script, replay=replay))
-        elif args.cmd == "selfplay":
-            selfplay(args.model, args.n, seed=args.seed)
-        else:
-            for d in args.data:
-                print(d, json.dumps(baselines(d, args.limit), indent=1))
-    except CtxlabError as err:
-        print(f"error: {err}")
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        seed, index = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise CtxlabError(f"--replay must be SEED:INDEX (two integers), got {text!r}") from None
+    return seed, index

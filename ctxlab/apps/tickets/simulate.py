@@ -20,9 +20,9 @@ a deterministic function of what the dialogue says. Dialogues in which any call 
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from random import Random
 
 from ctxlab.apps.tickets import values as V
@@ -390,21 +390,10 @@ def sim_examples(sims: Sequence[SimDialogue]) -> list[Example]:
     return [ex for s in sims for ex in dialogue_to_examples(to_dialogue(s))]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ctxlab.apps.tickets.simulate",
-                                 description="Write simulated TicketTalk dialogues as a TM-3 split TSV.")
-    ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", required=True, help="split TSV to write")
-    ap.add_argument("--json", help="also write the dialogues as TM-3 dialogue JSON")
-    args = ap.parse_args(argv)
-    sims = simulate(args.n, args.seed)
-    write_tsv(args.out, sim_examples(sims))
-    if args.json:
-        write_dialogues(args.json, [to_dialogue(s) for s in sims])
-    print(f"{len(sims)} dialogues, {sum(s.booked for s in sims)} bookings → {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def write_simulated(out: str | Path, n: int = 1000, seed: int = 0, dialogues_json: str | Path | None = None) -> str:
+    """`ctxlab tickets simulate`: n simulated dialogues as a split TSV (and optionally TM-3 dialogue JSON)."""
+    sims = simulate(n, seed)
+    write_tsv(out, sim_examples(sims))
+    if dialogues_json:
+        write_dialogues(dialogues_json, [to_dialogue(s) for s in sims])
+    return f"{len(sims)} dialogues, {sum(s.booked for s in sims)} bookings → {out}"

@@ -210,7 +210,7 @@ def check_checkpoint(model: str | os.PathLike, flag: str = "MODEL") -> Path:
 # ---------------------------------------------------------------------------------------------------- command
 
 
-def synth_qa_cli(
+def synth_qa(
     model: str,
     contexts: str,
     out: str,
@@ -268,4 +268,4 @@ def synth_qa_cli(
 
 
 __all__ = ["GEN_SEPARATOR", "SynthQAOptions", "TextModel", "check_checkpoint", "check_out_path", "generator_prompt",
-           "make_answer", "make_generate", "qa_parse", "qa_prompt", "resolve_options", "synth_qa_cli"]
+           "make_answer", "make_generate", "qa_parse", "qa_prompt", "resolve_options", "synth_qa"]
