@@ -22,19 +22,21 @@ def jsonable(x: Any) -> Any:
 
 
 def _tmp(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)  # (the directory of an output path the caller checked)
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def write_json_atomic(path: Path, obj: Any, *, indent: int = 2, allow_nan: bool = True) -> None:
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int = 2, allow_nan: bool = True) -> None:
+    path = Path(path)
     tmp = _tmp(path)
     tmp.write_text(json.dumps(obj, indent=indent, ensure_ascii=False, default=jsonable, allow_nan=allow_nan) + "\n",
                    encoding="utf-8")
     os.replace(tmp, path)
 
 
-def write_jsonl_atomic(path: Path, rows: Iterable[Any]) -> int:
+def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[Any]) -> int:
     """One JSON object per line; returns the number of rows written."""
+    path = Path(path)
     tmp = _tmp(path)
     n = 0
     with open(tmp, "w", encoding="utf-8") as f:

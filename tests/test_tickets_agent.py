@@ -14,7 +14,7 @@ from ctxlab.apps.tickets.agent import (
     split_items_text,
     validate_call,
 )
-from ctxlab.apps.tickets.backend import Backend
+from ctxlab.apps.tickets.backend import BookingBackend
 from ctxlab.apps.tickets.catalogue import build_catalogue
 from ctxlab.apps.tickets.chat import read_user_script, run_chat
 from ctxlab.apps.tickets.convert import (
@@ -27,11 +27,11 @@ from ctxlab.apps.tickets.convert import (
     lm_text,
     sft_rows,
     split_conversations,
-    write_jsonl,
 )
 from ctxlab.apps.tickets.ontology import BUILTIN_APIS, parse_ontology
 from ctxlab.apps.tickets.simulate import SimUser, sim_examples, simulate
 from ctxlab.errors import CtxlabError
+from ctxlab.fileio import write_jsonl_atomic
 from ctxlab.tasks.tickettalk.formats import (
     ApiCall,
     ApiResponse,
@@ -56,7 +56,7 @@ def catalogue():
 
 @pytest.fixture
 def backend(tmp_path, catalogue):
-    b = Backend(tmp_path / "t.db", catalogue=catalogue, ontology=ONT)
+    b = BookingBackend(tmp_path / "t.db", catalogue=catalogue, ontology=ONT)
     yield b
     b.close()
 
@@ -172,7 +172,7 @@ def test_simulator_is_deterministic(catalogue, sims):
 
 
 def test_simulated_calls_are_valid_and_execute(tmp_path, catalogue, sims):
-    fresh = Backend(tmp_path / "replay.db", catalogue=catalogue, ontology=ONT)
+    fresh = BookingBackend(tmp_path / "replay.db", catalogue=catalogue, ontology=ONT)
     apis = set()
     try:
         for s in sims:
@@ -293,7 +293,7 @@ def test_sft_and_dpo_lower_their_losses_on_the_training_loop(tmp_path, sims):
                       num_key_value_heads=1, head_dim=24)
     count = Tokenizer.from_dir(init).count_tokens
     sft = sft_rows(sim_examples(sims[:2])[:8], max_tokens=200, count_tokens=count)
-    write_jsonl(tmp_path / "sft.jsonl", sft)
+    write_jsonl_atomic(tmp_path / "sft.jsonl", sft)
     res = train.run_training("sft", _micro_config(tmp_path, "sft", init, tmp_path / "sft.jsonl", 20))
     losses = res.losses
     assert sum(losses[-3:]) / 3 < 0.75 * sum(losses[:3]) / 3, losses
@@ -301,7 +301,7 @@ def test_sft_and_dpo_lower_their_losses_on_the_training_loop(tmp_path, sims):
     ctx = (Utterance("agent", "Hi."), Utterance("user", "What is playing near me?"))
     good = ApiCall("find_movies", (("location", "nearby"),))
     exs = [RewardExample(f"c{i}", ctx + (Utterance("user", f"x{i}"),), good, 1.0) for i in range(4)]
-    write_jsonl(tmp_path / "dpo.jsonl", dpo_rows(exs, max_tokens=200, count_tokens=count))
+    write_jsonl_atomic(tmp_path / "dpo.jsonl", dpo_rows(exs, max_tokens=200, count_tokens=count))
     res = train.run_training("dpo", _micro_config(tmp_path, "dpo", res.final_dir, tmp_path / "dpo.jsonl", 10))
     assert abs(res.losses[0] - 0.6931) < 0.01  # policy == reference at the start
     assert res.losses[-1] < 0.6, res.losses

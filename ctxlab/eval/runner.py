@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ctxlab.checks import check_int, coerce_like
 from ctxlab.errors import CtxlabError
 from ctxlab.eval import distributed
 from ctxlab.eval.backends import backend_class
@@ -127,13 +128,6 @@ def sample_seed(seed: int, task: str, sample_id: str) -> int:
     return int(hashlib.sha256(f"{seed}\x00{task}\x00{sample_id}".encode()).hexdigest()[:8], 16)
 
 
-def _check_int(name: str, value: Any, low: int, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise CtxlabError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
 # ------------------------------------------------------------------------------------------------ tasks
 
 
@@ -151,23 +145,6 @@ def _scalar_fields(task: Task) -> dict[str, Any]:
             if f.name not in _TASK_BASE_FIELDS and isinstance(getattr(task, f.name), (bool, int, float, str))}
 
 
-def _coerce_like(current: Any, value: Any, key: str) -> Any:
-    if not isinstance(value, str):
-        return value
-    try:
-        if isinstance(current, bool):
-            if value.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                raise ValueError
-            return value.lower() in ("1", "true", "yes", "on")
-        if isinstance(current, int):
-            return int(value)
-        if isinstance(current, float):
-            return float(value)
-    except ValueError:
-        raise CtxlabError(f"task option {key} must be {type(current).__name__}, got {value!r}") from None
-    return value
-
-
 def apply_task_options(tasks: list[Task], options: Sequence[tuple[str, Any]]) -> tuple[list[Task], list[dict]]:
     """Set scalar task fields (e.g. n_tokens, n_samples, split, prompt_style) on every selected task having them."""
     applied: list[dict[str, Any]] = [{} for _ in tasks]
@@ -179,7 +156,7 @@ def apply_task_options(tasks: list[Task], options: Sequence[tuple[str, Any]]) ->
             raise CtxlabError(f"unknown task option {key!r} for the selected tasks; valid options: "
                               f"{', '.join(valid) or 'none'}")
         for i in hits:
-            v = _coerce_like(_scalar_fields(out[i])[key], value, key)
+            v = coerce_like(_scalar_fields(out[i])[key], value, f"task option {key}")
             out[i] = dataclasses.replace(out[i], **{key: v})
             applied[i][key] = v
     return out, applied
@@ -272,10 +249,10 @@ def _fingerprint_view(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 def plan(cfg: EvalConfig, extra_tasks: Sequence[Task] = ()) -> Plan:
     """Validate everything a run needs, without loading a model; see the module docstring."""
-    _check_int("limit", cfg.limit, 1, allow_none=True)
-    _check_int("seed", cfg.seed, 0)
-    _check_int("bootstrap", cfg.bootstrap, 2)
-    _check_int("max_new_tokens", cfg.max_new_tokens, 1, allow_none=True)
+    check_int("limit", cfg.limit, 1, allow_none=True)
+    check_int("seed", cfg.seed, 0)
+    check_int("bootstrap", cfg.bootstrap, 2)
+    check_int("max_new_tokens", cfg.max_new_tokens, 1, allow_none=True)
     if cfg.temperature is not None and not (isinstance(cfg.temperature, (int, float)) and cfg.temperature >= 0):
         raise CtxlabError(f"temperature must be >= 0, got {cfg.temperature!r}")
     if not cfg.model:

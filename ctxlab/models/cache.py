@@ -381,6 +381,9 @@ def build_mask(
     return allowed[:, None]  # (B, 1, T, S)
 
 
+Mask = tuple[Tensor | None, bool]  # (SDPA mask, is_causal) as returned by Step.mask
+
+
 @dataclass(frozen=True)
 class Step:
     """Where this call's T tokens sit: slots [start, start+T), their positions, and the visible keys."""

@@ -300,9 +300,9 @@ def save_model(
     else:
         weight_map = {}
         for i, shard in enumerate(shards):
-            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, str(out / name), metadata=meta)
-            weight_map.update({k: name for k in shard})
+            shard_file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"  # not `name`: the model's name
+            save_file(shard, str(out / shard_file), metadata=meta)
+            weight_map.update({k: shard_file for k in shard})
         total = sum(t.numel() * t.element_size() for t in tensors.values())
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -137,7 +137,7 @@ class Strategy:
 
     def describe(self) -> dict[str, Any]:
         """Name, class and the scalar options (the thinking budget is recorded by the runner itself)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        values = {f.name: getattr(self, f.name) for f in fields(cast(Any, self))}
         opts = {k: v for k, v in values.items()
                 if k not in self.budget_fields and (v is None or isinstance(v, (bool, int, float, str, tuple)))}
         return {"name": self.name, "kind": type(self).__name__, "options": opts}

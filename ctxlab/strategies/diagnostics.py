@@ -96,14 +96,6 @@ class Diagnosis:
     after: Probe
     report: AdaptReport
 
-    @property
-    def mass_gain(self) -> float:
-        return self.after.mass - self.before.mass
-
-    @property
-    def margin_gain(self) -> float:
-        return self.after.margin - self.before.margin
-
     def summary(self) -> str:
         b, a = self.before, self.after
         return (f"evidence attention mass {b.mass:.4f} → {a.mass:.4f} · answer margin {b.margin:+.3f} → "

@@ -33,6 +33,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ctxlab.checks import is_int
 from ctxlab.errors import CtxlabError
 
 DEFAULT_SPAN = 128
@@ -64,9 +65,9 @@ class CostModel:
         tokens after a T-token prompt (at least 1 step)."""
         _check_T(T)
         k = DEFAULT_SPAN if k is None else k
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        if not is_int(k) or k < 1:
             raise CtxlabError(f"span k must be an integer >= 1, got {k!r}")
-        if not isinstance(think_tokens, int) or isinstance(think_tokens, bool) or think_tokens < 1:
+        if not is_int(think_tokens) or think_tokens < 1:
             raise CtxlabError(f"the thinking budget must be an integer >= 1 tokens, got {think_tokens!r}")
         ratio = self.think(T, think_tokens) / self.qttt_step(T, k)
         return k, max(1, math.floor(ratio * (1 + 1e-12)))
@@ -74,7 +75,7 @@ class CostModel:
     def think_budget(self, T: float, k: int, N: int) -> int:
         """The most thinking tokens whose cost does not exceed N qTTT steps of span k (0 if not even one fits)."""
         _check_T(T)
-        if not isinstance(N, int) or isinstance(N, bool) or N < 0:
+        if not is_int(N) or N < 0:
             raise CtxlabError(f"N must be an integer >= 0, got {N!r}")
         budget = self.qttt(T, k, N) * (1 + 1e-12)
         lo, hi = 0, 1

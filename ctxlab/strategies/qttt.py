@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ctxlab.checks import is_int
 from ctxlab.errors import CtxlabError
 
 REGIONS = ("context", "prompt")
@@ -61,9 +62,6 @@ class QTTTConfig:
     probe: bool = True  # measure the loss on a fixed probe span before and after (2 extra frozen forwards)
 
     def __post_init__(self) -> None:
-        def is_int(x: object) -> bool:
-            return isinstance(x, int) and not isinstance(x, bool)
-
         if not is_int(self.steps) or self.steps < 0:
             raise CtxlabError(f"qTTT steps must be an integer >= 0, got {self.steps!r}")
         if not is_int(self.span) or self.span < 1:

@@ -352,11 +352,6 @@ def _bleu(tokenize: str):
     return BLEU(tokenize=tokenize)
 
 
-def bleu_signature(tokenize: str = "13a") -> str:
-    """sacrebleu's signature string (report it next to BLEU scores)."""
-    return str(_bleu(tokenize).get_signature())
-
-
 def make_bleu(name: str, tokenize: str) -> Metric:
     """Corpus BLEU with a sacrebleu tokenizer ('13a', 'zh', 'intl', 'char', ...). Per-sample values are sacrebleu's
     segment statistics [hyp_len, ref_len, correct_1..4, total_1..4]; the aggregate sums them (= corpus_score)."""

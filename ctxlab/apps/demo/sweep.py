@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from ctxlab.apps.demo.records import DemoRecord, DemoResult, aggregate, write_json
+from ctxlab.checks import is_int
 from ctxlab.errors import CtxlabError
 from ctxlab.strategies import LM, QTTT, AnswerProbe, InContext, Outcome, Prompt, Request, Strategy, Thinking
 
@@ -76,9 +77,6 @@ DEFAULTS = {
 # ---------------------------------------------------------------------------------------------------- config
 
 
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
 
 def _names(value: str | Sequence[str], valid: Sequence[str], what: str) -> tuple[str, ...]:
     items = [s.strip() for s in value.split(",")] if isinstance(value, str) else [str(s).strip() for s in value]
@@ -99,7 +97,7 @@ def _lengths(value: str | Sequence[int]) -> tuple[int, ...]:
             v = int(x) if isinstance(x, str) else x
         except ValueError:
             v = None
-        if not _is_int(v) or v < MIN_LENGTH:
+        if not is_int(v) or v < MIN_LENGTH:
             raise CtxlabError(f"lengths must be integers >= {MIN_LENGTH} tokens, got {x!r}")
         out.append(v)
     if not out:
@@ -166,11 +164,11 @@ def make_config(
     n, span, lr, answer = pick("n", n), pick("qttt_span", qttt_span), pick("qttt_lr", qttt_lr), \
         pick("max_answer_tokens", max_answer_tokens)
     for name, value, low in (("n", n, 1), ("qttt_span", span, 1), ("max_answer_tokens", answer, 1), ("seed", seed, 0)):
-        if not _is_int(value) or value < low:
+        if not is_int(value) or value < low:
             raise CtxlabError(f"{name} must be an integer >= {low}, got {value!r}")
-    if think_budget is not None and (not _is_int(think_budget) or think_budget < 1):
+    if think_budget is not None and (not is_int(think_budget) or think_budget < 1):
         raise CtxlabError(f"think_budget must be an integer >= 1 tokens, got {think_budget!r}")
-    if qttt_steps is not None and (not _is_int(qttt_steps) or qttt_steps < 1):
+    if qttt_steps is not None and (not is_int(qttt_steps) or qttt_steps < 1):
         raise CtxlabError(f"qttt_steps must be an integer >= 1, got {qttt_steps!r}")
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
         raise CtxlabError(f"qttt_lr must be a number > 0, got {lr!r}")
@@ -178,7 +176,7 @@ def make_config(
     if region not in QTTT_REGIONS:
         raise CtxlabError(f"qttt_region must be one of {', '.join(QTTT_REGIONS)}, got {region!r}")
     threads = pick("threads", threads)
-    if not _is_int(threads) or threads < 1:
+    if not is_int(threads) or threads < 1:
         raise CtxlabError(f"threads must be an integer >= 1, got {threads!r}")
     if not isinstance(out_dir, (str, os.PathLike)) or not str(out_dir).strip():
         raise CtxlabError("out_dir must be a directory path")

@@ -44,6 +44,7 @@ from ctxlab.apps.synthqa.generator import (
 from ctxlab.apps.synthqa.report import GainRow, format_gain_table, gain_table, plot_gains
 from ctxlab.apps.synthqa.run import TextModel, generator_prompt, make_answer, make_generate, qa_parse, qa_prompt
 from ctxlab.errors import CtxlabError
+from ctxlab.fileio import write_jsonl_atomic
 from ctxlab.tasks.xquad import (
     XQUAD_LANGS,
     Article,
@@ -137,16 +138,6 @@ TINY: dict[str, Any] = dict(
 
 def _log(msg: str) -> None:
     print(f"[synthqa {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def _write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            n += 1
-    return n
 
 
 def _contexts(articles: Sequence[Article]) -> list[str]:
@@ -354,7 +345,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         if not kept:
             raise CtxlabError(f"{name}: no training row fits seq_len {cfg.seq_len}")
         path = data / f"{name}.jsonl"
-        _write_jsonl(path, kept)
+        write_jsonl_atomic(path, kept)
         searched.update(check_disjoint(eval_ctx, [path]))
         _log(f"{name}: {len(kept)} rows ({skipped[name]} longer than {cfg.seq_len} tokens skipped)")
         return _train("sft", name, cfg, base, {"seq_len": cfg.seq_len, "heldout": cfg.heldout, "jsonl": str(path),
@@ -388,7 +379,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     squad, synth_stats = run_synth_qa(generate, answer, contexts, cfg.per_context,
                                       min_roundtrip_f1=cfg.min_roundtrip_f1, batch_size=cfg.infer_batch_size)
     synth_path, _ = save_synth_qa(squad, synth_stats, data / "synthetic.json")
-    _write_jsonl(data / "synthetic.raw.jsonl", ({"context_id": contexts[k // cfg.per_context].id, "generation": g}
+    write_jsonl_atomic(data / "synthetic.raw.jsonl", ({"context_id": contexts[k // cfg.per_context].id, "generation": g}
                                                 for k, g in enumerate(raw)))
     searched.update(check_disjoint(eval_ctx, [synth_path]))
     _log("synthetic QA:\n" + format_stats(synth_stats))
@@ -407,7 +398,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     # 8. evaluation and report
     t0 = time.perf_counter()
     ev = evaluate_models({"qa_base": qa_base, "qa_aug": qa_aug}, split["eval"], cfg)
-    _write_jsonl(out / "predictions.jsonl", ev.predictions)
+    write_jsonl_atomic(out / "predictions.jsonl", ev.predictions)
     rows_f1 = gain_rows(ev, "mlqa_f1", cfg.n_boot, cfg.seed)
     rows_em = gain_rows(ev, "mlqa_em", cfg.n_boot, cfg.seed)
     table_f1 = format_gain_table(rows_f1, metric="F1")

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ctxlab.checks import check_int
 from ctxlab.errors import CtxlabError
 from ctxlab.tasks.xquad import (
     Article,
@@ -272,8 +273,7 @@ def run_synth_qa(
     contexts without kept questions are left out; articles group paragraphs by (lang, title) in input order.
     """
     _check_contexts(contexts)
-    if not isinstance(per_context, int) or isinstance(per_context, bool) or per_context < 1:
-        raise CtxlabError(f"per_context must be a positive integer, got {per_context!r}")
+    check_int("per_context", per_context, 1)
     if not 0.0 <= min_roundtrip_f1 <= 1.0:
         raise CtxlabError(f"min_roundtrip_f1 must be in [0, 1], got {min_roundtrip_f1}")
     if dedup_scope not in ("context", "global"):

@@ -29,6 +29,7 @@ from ctxlab.apps.synthqa.generator import (
     run_synth_qa,
     save_synth_qa,
 )
+from ctxlab.checks import is_int
 from ctxlab.errors import CtxlabError
 from ctxlab.tasks.base import Sample
 from ctxlab.tasks.xquad import make_task
@@ -139,16 +140,13 @@ class SynthQAOptions:
     batch_size: int = 16
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
 
 def resolve_options(per_context: int = 1, min_roundtrip_f1: float | None = None, roundtrip: bool = True,
                     qa_model: str | None = None, temperature: float | None = None, top_p: float = 1.0,
                     seed: int = 0, max_new_tokens: int = 64, qa_max_new_tokens: int = 32,
                     batch_size: int = 16) -> SynthQAOptions:
     """Check the options (one-line errors) and fill the defaults that depend on others."""
-    if not _is_int(per_context) or per_context < 1:
+    if not is_int(per_context) or per_context < 1:
         raise CtxlabError(f"--per-context must be an integer >= 1, got {per_context!r}")
     if not roundtrip and (qa_model is not None or min_roundtrip_f1 is not None):
         raise CtxlabError("--no-roundtrip disables the QA model; drop --qa-model / --min-roundtrip-f1")
@@ -164,11 +162,11 @@ def resolve_options(per_context: int = 1, min_roundtrip_f1: float | None = None,
                           "identical and would all be dropped as duplicates")
     if not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
         raise CtxlabError(f"--top-p must be in (0, 1], got {top_p!r}")
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise CtxlabError(f"--seed must be an integer >= 0, got {seed!r}")
     for name, v in (("--max-new-tokens", max_new_tokens), ("--qa-max-new-tokens", qa_max_new_tokens),
                     ("--batch-size", batch_size)):
-        if not _is_int(v) or v < 1:
+        if not is_int(v) or v < 1:
             raise CtxlabError(f"{name} must be an integer >= 1, got {v!r}")
     return SynthQAOptions(per_context, float(f1), roundtrip, float(temperature), float(top_p), seed, max_new_tokens,
                           qa_max_new_tokens, batch_size)

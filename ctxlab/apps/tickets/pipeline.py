@@ -30,10 +30,10 @@ from ctxlab.apps.tickets.convert import (
     lm_text,
     sft_rows,
     split_conversations,
-    write_jsonl,
 )
 from ctxlab.apps.tickets.ontology import shipped_train_tsv, tm3_dir
 from ctxlab.errors import CtxlabError
+from ctxlab.fileio import write_jsonl_atomic
 from ctxlab.tasks.tickettalk import metrics as M
 from ctxlab.tasks.tickettalk.formats import format_items, parse_items, read_reward, read_tsv, write_tsv
 
@@ -124,10 +124,10 @@ def prepare(out: str | Path, *, n_sim: int = 4000, n_sim_eval: int = 200, seed: 
     sim_rows = sft_rows(sim_examples(sims[:sft_sim_dialogues]), max_tokens=seq_len, count_tokens=count,
                         source="sim", stats=sft_stats["sim"])
     tm3_rows = sft_rows(tm3_train, max_tokens=seq_len, count_tokens=count, source="tm3", stats=sft_stats["tm3"])
-    n_sft = write_jsonl(out / "sft.jsonl", sim_rows + tm3_rows * tm3_repeat)
+    n_sft = write_jsonl_atomic(out / "sft.jsonl", sim_rows + tm3_rows * tm3_repeat)
     dpo_stats = Stats()
     rewards = [ex for f in reward_files() for ex in read_reward(f)]
-    n_dpo = write_jsonl(out / "dpo.jsonl", dpo_rows(rewards, max_tokens=seq_len, count_tokens=count, seed=seed,
+    n_dpo = write_jsonl_atomic(out / "dpo.jsonl", dpo_rows(rewards, max_tokens=seq_len, count_tokens=count, seed=seed,
                                                     stats=dpo_stats)) if rewards else 0
     manifest = {
         "seed": seed, "seq_len": seq_len, "vocab_size": tok.vocab_size,
@@ -197,13 +197,13 @@ def selfplay(model: str | Path | None, n: int = 20, *, seed: int = 10_000, max_t
     dialogue succeeds when a booking made in it matches the user's goal (movie, theater, day, time, tickets)."""
     from ctxlab.apps.tickets import values as V
     from ctxlab.apps.tickets.agent import NativePredictor, TicketAgent
-    from ctxlab.apps.tickets.backend import Backend
+    from ctxlab.apps.tickets.backend import BookingBackend
     from ctxlab.apps.tickets.simuser import backend_catalogue, sim_user
 
     pred = predictor or NativePredictor(model)
     t0 = time.perf_counter()
     rows = []
-    with Backend() as backend:
+    with BookingBackend() as backend:
         cat = backend_catalogue(backend)
         for i in range(n):
             user = sim_user(seed + i, catalogue=cat)

@@ -26,7 +26,7 @@ from pathlib import Path
 from random import Random
 
 from ctxlab.apps.tickets import values as V
-from ctxlab.apps.tickets.backend import EMPTY, Backend, result_to_items
+from ctxlab.apps.tickets.backend import EMPTY, BookingBackend, result_to_items
 from ctxlab.apps.tickets.catalogue import Catalogue, default_catalogue
 from ctxlab.apps.tickets.simuser import (
     CatalogueIndex,
@@ -299,7 +299,7 @@ class SimDialogue:
         return out
 
 
-def run_dialogue(backend: Backend, goal: Goal, rng: Random, cid: str) -> SimDialogue | None:
+def run_dialogue(backend: BookingBackend, goal: Goal, rng: Random, cid: str) -> SimDialogue | None:
     """One dialogue between SimUser and RuleAgent on `backend`; None if a call fails or it does not finish."""
     user, agent = SimUser(goal, rng), RuleAgent(rng)
     items: list[Item] = []
@@ -335,7 +335,7 @@ def run_dialogue(backend: Backend, goal: Goal, rng: Random, cid: str) -> SimDial
     return None
 
 
-def simulate(n: int, seed: int = 0, *, backend: Backend | None = None, catalogue: Catalogue | None = None,
+def simulate(n: int, seed: int = 0, *, backend: BookingBackend | None = None, catalogue: Catalogue | None = None,
              max_tries: int = 4) -> list[SimDialogue]:
     """`n` dialogues, deterministic in (n, seed, catalogue). Bookings change seat counts, so a fresh temporary
     backend is used unless one is given (then the result also depends on its state)."""
@@ -345,7 +345,7 @@ def simulate(n: int, seed: int = 0, *, backend: Backend | None = None, catalogue
     cat = catalogue
     if backend is None:
         cat = cat or default_catalogue()
-        backend = Backend(catalogue=cat)
+        backend = BookingBackend(catalogue=cat)
     try:
         ix = CatalogueIndex(cat or backend_catalogue(backend))
         out = []

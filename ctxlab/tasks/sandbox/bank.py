@@ -36,12 +36,12 @@ from ctxlab.tasks.format import answer_region
 from ctxlab.tasks.sandbox.common import (
     TOLERANCE,
     SandboxExample,
-    approx_count_tokens,
     check_seed,
     check_target,
     fit_length,
     span_of,
 )
+from ctxlab.tasks.truncation import approx_count_tokens
 
 ANOMALIES = ("CALC_ERROR", "NEGATIVE_BAL", "LOST_UPDATE", "DUPLICATE_TXN")
 _SIGNS = {"deposit": (1,), "withdraw": (-1,), "transfer": (-1, 1)}

@@ -8,11 +8,11 @@ Length convention: `meta["n_tokens"]` (what the fitter aims at `n_tokens`) count
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ctxlab.checks import check_int
 from ctxlab.errors import CtxlabError
 from ctxlab.tasks.format import FINAL_MARKER, format_prompt
 
@@ -35,17 +35,6 @@ class SandboxExample:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-# BPE tokenizers put a leading space on the following word, split long words, split numbers into short digit groups
-# and keep short punctuation runs together; one regex piece per such token approximates GPT/Llama/Qwen-style counts
-# (within ~20% on English prose and code; pass the real tokenizer's counter when lengths matter exactly).
-_PIECES = re.compile(r" ?[A-Za-z]{1,8}| ?\d{1,3}| ?[^\sA-Za-z\d]{1,2}|\s+(?!\S)|\s+")
-
-
-def approx_count_tokens(text: str) -> int:
-    """Approximate BPE token count of `text` (regex pieces; fast, deterministic, tokenizer-free)."""
-    return len(_PIECES.findall(text))
-
-
 def render_prompt(example: SandboxExample, thinking: bool = False) -> str:
     return format_prompt(example.context, example.question, thinking)
 
@@ -57,13 +46,11 @@ def render_target(example: SandboxExample, thinking: bool = False) -> str:
 
 
 def check_target(n_tokens: int) -> None:
-    if not isinstance(n_tokens, int) or isinstance(n_tokens, bool) or n_tokens < MIN_TOKENS:
-        raise CtxlabError(f"n_tokens must be an integer >= {MIN_TOKENS}, got {n_tokens!r}")
+    check_int("n_tokens", n_tokens, MIN_TOKENS)
 
 
 def check_seed(seed: int) -> None:
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise CtxlabError(f"seed must be a non-negative integer, got {seed!r}")
+    check_int("seed", seed, 0)
 
 
 def span_of(context: str, line: str, start: int = 0) -> tuple[int, int]:

@@ -569,6 +569,3 @@ def format_reward(examples: Iterable[RewardExample]) -> str:
                         "generation": json.dumps(_turn_to_json(ex.generation)),
                         "reward": ex.reward} for ex in examples], indent=4)
 
-
-def write_reward(path: str | Path, examples: Iterable[RewardExample]) -> None:
-    Path(path).write_text(format_reward(examples), encoding="utf-8")
