@@ -1,6 +1,6 @@
 """qTTT cost in practice on the ~54M Llama-style config (random weights, fp32): one qTTT step vs a k-token cached
 forward at several context lengths, and qTTT(N=32, k=128) vs FLOP-matched thinking (8192 tokens) at T = 4096,
-with memory. Compares measured time with the analytic model in ctxlab/ttt/flops.py.
+with memory. Compares measured time with the analytic model in ctxlab/strategies/flops.py.
 
 Run: `.venv/bin/python bench/bench_qttt.py [--quick] [--device cuda]`. Writes bench/results_qttt.md (a section for
 bench/RESULTS.md; the lead merges it). Not a test: timings are reported, never asserted.
@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine_limits, table  # noqa: E402
 from ctxlab.models.llama import LlamaConfig, LlamaModel  # noqa: E402
-from ctxlab.scratch import init_weights  # noqa: E402
-from ctxlab.ttt.flops import ArchCost  # noqa: E402
-from ctxlab.ttt.qttt import QTTTConfig, QuerySnapshot, adapt, span_loss, train_only  # noqa: E402
+from ctxlab.strategies.flops import ArchCost  # noqa: E402
+from ctxlab.strategies.qttt import QTTTConfig, QuerySnapshot, adapt, span_loss, train_only  # noqa: E402
+from ctxlab.train.scratch import init_weights  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results_qttt.md"
 # bench_core's "llama-54M": untied 32000-token embedding and head (32.8M) + 8 layers (21M)
@@ -91,7 +91,7 @@ def forwards(model, cache, span_ids, T: int):
     def cached_forward():
         with torch.inference_mode():
             model(span_ids, cache)
-        cache.truncate(T)
+        cache.rewind(T)
 
     def frozen_forward():
         with torch.no_grad():
@@ -112,7 +112,7 @@ def decode_tokens(model, cache, n: int, device: torch.device) -> float:
             tok = logits[:, -1].argmax(-1, keepdim=True)
     sync(device)
     dt = time.perf_counter() - t0
-    cache.truncate(T)
+    cache.rewind(T)
     return dt
 
 
@@ -237,7 +237,7 @@ fp32, batch 1, random weights, {n_params / 1e6:.1f}M-parameter Llama-style confi
 MLP 1024, vocab 32000 untied). Machine: {limits}{note}
 
 One qTTT step (frozen forward of k={k} span queries against the T cached keys + backward into W_Q + AdamW) vs a
-k-token cached forward (the same k tokens appended to the cache, inference mode). "analytic" = ctxlab.ttt.flops
+k-token cached forward (the same k tokens appended to the cache, inference mode). "analytic" = ctxlab.strategies.flops
 ArchCost (qTTT step at its span start vs a k-token decode; MAC ratio). Decode = one greedy token at cache length T.
 
 {step_table}

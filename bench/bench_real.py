@@ -128,7 +128,7 @@ def bench_model(model: str, threads: int, repeats: int, lengths: list[int], new_
     rows = {e.name: {"model": model, "threads": threads, "engine": e.name} for e in engines}
     for T in lengths:
         ids = torch.randint(10, vocab, (1, T), generator=g)
-        med = interleaved({e.name: (lambda e=e: e.prefill(ids)) for e in engines}, repeats)
+        med = interleaved({e.name: (lambda e=e, ids=ids: e.prefill(ids)) for e in engines}, repeats)
         for name, t in med.items():
             rows[name][f"prefill {T} tok/s"] = round(T / t, 1)
     prompt = torch.randint(10, vocab, (512,), generator=g).tolist()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ctxlab.errors import CtxlabError
-from ctxlab.models.gguf import is_gguf, open_gguf
+from ctxlab.gguf_file import is_gguf, open_gguf
 from ctxlab.presets import LICENSES, License, license_from_readme, preset_for
 from ctxlab.realmodels import notice_paths, real_model_for
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
+from ctxlab.gguf_file import is_gguf, open_gguf, tensor_type_counts
 from ctxlab.models import model_class
-from ctxlab.models.gguf import is_gguf, open_gguf, tensor_type_counts
 from ctxlab.models.loading import build_config, read_hf_config, resolve_model_path, weight_files
 from ctxlab.presets import License, license_from_readme, preset_for
 from ctxlab.realmodels import REAL_MODELS, real_model_for

@@ -102,7 +102,7 @@ class Tokenizer:
     @classmethod
     def from_gguf(cls, path: str | Path) -> Tokenizer:
         """Build the tokenizer, chat template and special ids a GGUF file's `tokenizer.ggml.*` metadata describes."""
-        from ctxlab.models.gguf import open_gguf
+        from ctxlab.gguf_file import open_gguf
         from ctxlab.tokenizer_gguf import gguf_tokenizer
 
         backend, config, template, gen = gguf_tokenizer(open_gguf(path))

@@ -20,7 +20,7 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tok
 from tokenizers import Tokenizer as _HFTokenizer
 
 from ctxlab.errors import CtxlabError
-from ctxlab.models.gguf import GGUFFile
+from ctxlab.gguf_file import GGUFFile
 
 CONTROL, USER_DEFINED = 3, 4
 _SPM = "\u2581"  # SentencePiece's word-boundary mark

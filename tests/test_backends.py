@@ -350,7 +350,7 @@ def test_backend_lookup():
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    from ctxlab.scratch import build_checkpoint
+    from ctxlab.train.scratch import build_checkpoint
 
     return build_checkpoint(tmp_path_factory.mktemp("bk") / "tiny", max_len=256)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from ctxlab.scratch import build_checkpoint
+from ctxlab.train.scratch import build_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ from html.parser import HTMLParser
 import pytest
 
 from ctxlab.errors import CtxlabError
-from ctxlab.eval.cards import card_dict, render_card
-from ctxlab.eval.metrics import get_metric
 from ctxlab.tasks import list_tasks, registry
 from ctxlab.tasks.base import CARD_SECTIONS, DataCard, Task
+from ctxlab.tasks.cards import card_dict, render_card
+from ctxlab.tasks.metrics import get_metric
 
 NASTY = "<script>alert('x')</script> & \"quoted\" | pipe"
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from ctxlab import demo
+from ctxlab.apps.demo import records
+from ctxlab.apps.demo import sweep as demo
 from ctxlab.errors import CtxlabError
-from ctxlab.scratch import build_checkpoint
+from ctxlab.train.scratch import build_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -93,16 +94,16 @@ def test_bundled_missing_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_context_limit_checked_before_the_sweep(tiny, tmp_path):
     with pytest.raises(CtxlabError, match="exceed the model's context of 2048"):
-        demo.demo_cli(model=str(tiny), lengths=[2048], n=1, out_dir=str(tmp_path / "o"))
+        demo.run_demo(demo.make_config(model=str(tiny), lengths=[2048], n=1, out_dir=str(tmp_path / "o")))
     assert not (tmp_path / "o" / "results.json").exists()
 
 
 def test_wilson():
-    lo, hi = demo.wilson(5, 10)
+    lo, hi = records.wilson(5, 10)
     assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
-    lo, hi = demo.wilson(0, 6)
+    lo, hi = records.wilson(0, 6)
     assert lo == 0.0 and hi == pytest.approx(0.3903, abs=1e-4)
-    assert demo.wilson(6, 6)[1] == 1.0
+    assert records.wilson(6, 6)[1] == 1.0
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -122,8 +123,8 @@ def test_partial_run_leaves_valid_results(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(demo.Runner, "run", flaky)
     out = tmp_path / "partial"
     with pytest.raises(KeyboardInterrupt):
-        demo.demo_cli(model=str(tiny), tasks="kv", lengths=[128], n=4, strategies="in-context,qttt",
-                      think_budget=16, out_dir=str(out))
+        demo.run_demo(demo.make_config(model=str(tiny), tasks="kv", lengths=[128], n=4, strategies="in-context,qttt",
+                      think_budget=16, out_dir=str(out)))
     d = json.loads((out / "results.json").read_text())
     assert d["status"] == "interrupted"
     assert len(d["samples"]) == 4 and {s["strategy"] for s in d["samples"]} == {"in-context", "qttt"}
@@ -133,10 +134,10 @@ def test_partial_run_leaves_valid_results(tiny, tmp_path, monkeypatch):
 
 def test_thinking_from_qttt_matching(tiny, tmp_path):
     from ctxlab.models.loading import load_model
-    from ctxlab.ttt.flops import ArchCost
+    from ctxlab.strategies.flops import ArchCost
 
-    r = demo.demo_cli(model=str(tiny), tasks="kv", lengths=[128], n=1, qttt_steps=3, qttt_span=8,
-                      out_dir=str(tmp_path / "rev"))
+    r = demo.run_demo(demo.make_config(model=str(tiny), tasks="kv", lengths=[128], n=1, qttt_steps=3, qttt_span=8,
+                      out_dir=str(tmp_path / "rev")))
     cost = ArchCost.from_config(load_model(tiny).model.cfg)
     q = next(s for s in r.samples if s.strategy == "qttt")
     t = next(s for s in r.samples if s.strategy == "thinking")
@@ -147,10 +148,10 @@ def test_thinking_from_qttt_matching(tiny, tmp_path):
 
 def check_results(out: Path, tasks: list[str], lengths: list[int], n: int) -> dict:
     from ctxlab.models.loading import load_model
-    from ctxlab.ttt.flops import ArchCost
+    from ctxlab.strategies.flops import ArchCost
 
     d = json.loads((out / "results.json").read_text())
-    assert d["schema"] == "ctxlab.demo/1" and d["status"] == "complete"
+    assert d["schema"] == "ctxlab.apps.demo.sweep/1" and d["status"] == "complete"
     assert d["config"]["tasks"] == tasks and d["config"]["lengths"] == lengths and d["config"]["n"] == n
     assert d["config"]["quick"] is True
     assert {"python", "packages", "git", "torch_threads"} <= set(d["env"]) and "torch" in d["env"]["packages"]
@@ -214,17 +215,17 @@ def test_quick_on_bundled_model(tmp_path):
 
 @pytest.mark.parametrize("region", ["context", "prompt"])
 def test_qttt_region_reaches_the_adaptation(tiny, tmp_path, monkeypatch, region):
-    import ctxlab.ttt.qttt as qttt
+    import ctxlab.strategies.qttt as qttt
 
     seen = []
-    real = qttt.adapted
+    real = qttt.adapt
 
     def spy(model, cache, ids, cfg, **kw):
-        seen.append((cfg.region, kw.get("context_len"), len(ids)))
+        seen.append((cfg.region, kw.get("context_len"), ids.shape[-1]))
         return real(model, cache, ids, cfg, **kw)
 
-    monkeypatch.setattr(qttt, "adapted", spy)
-    demo.demo_cli(model=str(tiny), tasks="kv", lengths=[128], n=1, strategies="qttt", qttt_steps=2,
-                  qttt_span=8, qttt_region=region, out_dir=str(tmp_path / region))
+    monkeypatch.setattr(qttt, "adapt", spy)
+    demo.run_demo(demo.make_config(model=str(tiny), tasks="kv", lengths=[128], n=1, strategies="qttt", qttt_steps=2,
+                  qttt_span=8, qttt_region=region, out_dir=str(tmp_path / region)))
     assert [s[0] for s in seen] == [region] and seen[0][1] < seen[0][2]  # the question follows the context
     assert json.loads((tmp_path / region / "results.json").read_text())["config"]["qttt_region"] == region

@@ -21,9 +21,12 @@ from typing import Any, ClassVar
 
 import pytest
 
+from ctxlab.commands import eval as eval_cmd
+from ctxlab.commands.card import card as card_cli
+from ctxlab.commands.report import compare_runs as report_cli
+from ctxlab.commands.tasks import list_tasks as tasks_cli
 from ctxlab.errors import CtxlabError
 from ctxlab.eval.backends.base import BaseBackend, Option, pool_imap
-from ctxlab.eval.cli import card_cli, eval_cli, report_cli, tasks_cli
 from ctxlab.eval.results import load_results
 from ctxlab.eval.runner import EvalConfig, plan, run_eval
 from ctxlab.eval.store import RunStore
@@ -87,7 +90,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    from ctxlab.scratch import build_checkpoint
+    from ctxlab.train.scratch import build_checkpoint
 
     return build_checkpoint(tmp_path_factory.mktemp("ev") / "tiny", max_len=320)
 
@@ -95,7 +98,7 @@ def ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ckpt_long(tmp_path_factory) -> Path:
     """Context long enough that no strategy needs to cut the prompt (FLOPs then compare like for like)."""
-    from ctxlab.scratch import build_checkpoint
+    from ctxlab.train.scratch import build_checkpoint
 
     return build_checkpoint(tmp_path_factory.mktemp("ev") / "tiny1k", max_len=1024)
 
@@ -364,11 +367,11 @@ def test_report_compares_runs(tmp_path, capsys):
 
 
 def test_eval_cli_tasks_and_cards(tmp_path, capsys):
-    res = eval_cli("fake", "sandbox:kv", backend=KV, out=str(tmp_path / "e"), task_opt=["n_tokens=120",
+    res = eval_cmd.run("fake", "sandbox:kv", backend=KV, out=str(tmp_path / "e"), task_opt=["n_tokens=120",
                    "n_samples=3"], backend_opt=["concurrency=2"], bootstrap=50, progress=False)
     assert res.n_samples == 3 and "sandbox:kv" in capsys.readouterr().out
     with pytest.raises(CtxlabError, match="KEY=VALUE"):
-        eval_cli("fake", "sandbox:kv", backend=KV, out=str(tmp_path / "f"), task_opt=["n_tokens"])
+        eval_cmd.run("fake", "sandbox:kv", backend=KV, out=str(tmp_path / "f"), task_opt=["n_tokens"])
     rows = tasks_cli()
     by = {r["name"]: r for r in rows}
     assert by["xquad:zh"]["languages"] == ["zh"] and by["longbench_v2"]["needs_data_dir"]

@@ -51,6 +51,20 @@ def test_llama_derived_export_carries_terms(llama_src, tmp_path):
         save_model(model, tmp_path / "renamed", source_dir=out)
 
 
+def test_sharded_export_card_names_the_model_not_a_shard(llama_src, tmp_path):
+    """A sharded save from a source directory titles its card after the model (the shard loop once overwrote it)."""
+    model = load_model(llama_src).model
+    out = save_model(model, tmp_path / "Llama-3.2-tiny-sharded", source_dir=llama_src, max_shard_bytes=4096)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1  # really sharded
+    card = (out / "README.md").read_text()
+    assert "Llama-3.2-tiny-sharded" in card and "model-00001-of" not in card
+    back = load_model(out).model
+    ids = torch.randint(0, 256, (1, 7))
+    with torch.no_grad():
+        assert torch.equal(back(ids)[0], model(ids)[0])
+
+
 def test_llama_export_refused_without_licence_file(llama_src, tmp_path):
     (llama_src / "LICENSE.txt").unlink()
     with pytest.raises(CtxlabError, match="licence file"):

@@ -1,4 +1,4 @@
-"""The qTTT/thinking cost model (ctxlab.ttt.flops): the paper's formulas, their limits, and the per-architecture
+"""The qTTT/thinking cost model (ctxlab.strategies.flops): the paper's formulas, their limits, and the per-architecture
 generalisation checked against hand counts and the models' own weights."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ctxlab.errors import CtxlabError
-from ctxlab.ttt.flops import ArchCost, LayerCost, PaperCost
+from ctxlab.strategies.flops import ArchCost, LayerCost, PaperCost
 
 
 def test_paper_formulas_by_hand():

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from ctxlab.errors import CtxlabError
-from ctxlab.models.gguf import SUPPORTED_TYPES, open_gguf
+from ctxlab.gguf_file import open_gguf
+from ctxlab.models.gguf import SUPPORTED_TYPES
 from ctxlab.models.loading import load_model
 from ctxlab.tokenizer import Tokenizer
 from tests.gguf_utils import gpt2_vocab, rewrite_gguf, spm_vocab, torch_ids, write_gguf

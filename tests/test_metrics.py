@@ -7,7 +7,7 @@ import pytest
 import sacrebleu
 
 from ctxlab.errors import CtxlabError
-from ctxlab.eval.metrics import (
+from ctxlab.tasks.metrics import (
     METRICS,
     UnicodeRougeTokenizer,
     aggregate_by,

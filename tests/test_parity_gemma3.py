@@ -77,10 +77,10 @@ def test_cached_decode_across_the_window_equals_full_forward(pair, keep):
     ids = _ids(2, T)
     with torch.no_grad():
         full, _ = ours(ids)
-        cache = ours.new_cache(2, T + 4, keep_states=keep)
+        cache = ours.new_cache(2, T + 4, rewindable=keep)
         assert isinstance(cache, WindowedKVCache)
         ring_layers = [r for r in cache.ring if r is not None]
-        assert (len(ring_layers) == 3) != keep  # 3 local layers bounded unless keep_states
+        assert (len(ring_layers) == 3) != keep  # 3 local layers bounded unless rewindable
         out, cache = ours(ids[:, :P], cache)
         steps = [out]
         for t in range(P, T):
@@ -143,13 +143,13 @@ def test_ring_cache_refuses_inexact_rewind_and_frozen_passes(pair):
     with torch.no_grad():
         cache = ours.new_cache(1, 4 * WINDOW)
         ours(ids, cache)
-        with pytest.raises(CtxlabError, match="keep_states"):
-            cache.truncate(WINDOW)
-        with pytest.raises(CtxlabError, match="keep_states"):
+        with pytest.raises(CtxlabError, match="rewindable"):
+            cache.rewind(WINDOW)
+        with pytest.raises(CtxlabError, match="rewindable"):
             ours(ids[:, 2:6], cache, start=2, frozen=True)
-        full = ours.new_cache(1, 4 * WINDOW, keep_states=True)
+        full = ours.new_cache(1, 4 * WINDOW, rewindable=True)
         ours(ids, full)
-        full.truncate(WINDOW)  # exact with every slot kept
+        full.rewind(WINDOW)  # exact with every slot kept
         assert full.length == WINDOW
 
 
@@ -159,7 +159,7 @@ def test_frozen_pass_reads_the_window_the_prefill_saw(pair):
     ids = _ids(1, 5 * WINDOW)
     with torch.no_grad():
         full, _ = ours(ids)
-        cache = ours.new_cache(1, 5 * WINDOW, keep_states=True)
+        cache = ours.new_cache(1, 5 * WINDOW, rewindable=True)
         ours(ids, cache)
         t, k = 2 * WINDOW + 3, WINDOW + 2
         span, _ = ours(ids[:, t : t + k], cache, start=t, frozen=True)
@@ -167,7 +167,7 @@ def test_frozen_pass_reads_the_window_the_prefill_saw(pair):
 
 
 def test_qttt_adapts_every_query_projection_and_restores(pair):
-    from ctxlab.ttt.qttt import QTTTConfig, qttt_answer
+    from ctxlab.strategies.qttt import QTTTConfig, qttt_answer
 
     _, ours, _ = pair
     before = [w.detach().clone() for w in ours.query_weights()]
@@ -176,3 +176,27 @@ def test_qttt_adapts_every_query_projection_and_restores(pair):
     res = qttt_answer(ours, ids, QTTTConfig(steps=3, span=WINDOW + 4, lr=1e-2), max_new_tokens=4)
     assert res.report.steps == 3 and len(res.ids) >= 1
     assert all(torch.equal(a, b) for a, b in zip(before, ours.query_weights(), strict=True))
+
+
+def test_ring_snapshot_restore_is_exact_after_wrapping(pair):
+    """The cache protocol on a bounded cache: appends wrap the rings, restore() brings the prompt state back."""
+    _, ours, _ = pair
+    ids = _ids(1, 2 * WINDOW)
+    cont = _ids(1, 3 * WINDOW, seed=7)
+    with torch.no_grad():
+        cache = ours.new_cache(1, 6 * WINDOW)
+        ours(ids, cache)
+        snap = cache.snapshot()
+        first, _ = ours(cont, cache)  # 3 windows of appends: every ring entry overwritten
+        cache.restore(snap)
+        again, _ = ours(cont, cache)
+        cache.restore(snap)
+        cache.rewind(2 * WINDOW - 1)  # one slot back is within the ring
+        ours(ids[:, -1:], cache)
+        again2, _ = ours(cont, cache)
+        other = ours.new_cache(1, 6 * WINDOW)
+        cache.restore(snap)
+        other.copy_prefix(cache, 2 * WINDOW)
+        copied, _ = ours(cont, other)
+    assert torch.equal(first, again) and torch.equal(first, copied)
+    assert (first - again2).abs().max().item() <= TOL  # the re-fed slot came from a 1-token call (other kernel)

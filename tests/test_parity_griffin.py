@@ -219,7 +219,7 @@ def test_cache_errors(pair):
     with pytest.raises(CtxlabError, match="batch size"):
         ours(_ids(2, 1), cache)
     with pytest.raises(CtxlabError, match="cannot rewind"):
-        cache.truncate(3)
+        cache.rewind(3)
 
 
 # ------------------------------------------------------------------------------------------------- qTTT
@@ -304,15 +304,15 @@ def test_truncate_rewinds_like_the_qttt_driver(pair):
             last, _ = ours(ids[:, 39:], cache, start=39, frozen=True)
             assert _diff(last, prefill[:, 39:]) <= TOL
             first = torch.cat([ours(ans[:, t : t + 1], cache)[0] for t in range(5)], 1)
-            cache.truncate(40)
+            cache.rewind(40)
             again = torch.cat([ours(ans[:, t : t + 1], cache)[0] for t in range(5)], 1)
             assert _diff(first, again) <= TOL and cache.length == 45
             if keep is True:  # rewind into the prompt and replay it token by token
-                cache.truncate(30)
+                cache.rewind(30)
                 replay = torch.cat([ours(ids[:, t : t + 1], cache)[0] for t in range(30, 40)], 1)
                 assert _diff(replay, prefill[:, 30:]) <= TOL
             else:  # 24 kept slots: after 5 more tokens the history no longer reaches slot 30 − W
                 with pytest.raises(CtxlabError, match="cannot rewind"):
-                    cache.truncate(30)
-                cache.truncate(40)  # the decoded tokens overwrote slots 16..20 of the history ring
+                    cache.rewind(30)
+                cache.rewind(40)  # the decoded tokens overwrote slots 16..20 of the history ring
                 assert cache.frozen_range() == (45 - 24 + W - 1, 40)

@@ -1,5 +1,5 @@
-"""qTTT (ctxlab.ttt.qttt) on tiny random checkpoints of every family: only W_Q moves, bit-exact restore (also after
-an exception or KeyboardInterrupt mid-adaptation), frozen cache, one prefill, learning on a real context, and the
+"""qTTT (ctxlab.strategies.qttt) on tiny random checkpoints of every family: only W_Q moves, bit-exact restore (also
+after an exception or KeyboardInterrupt mid-adaptation), frozen cache, one prefill, learning on a real context, and the
 evidence-attention diagnostic; plus the strategies and the CLI body on a scratch checkpoint."""
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ from ctxlab.models import layers as model_layers
 from ctxlab.models.cache import KVCache
 from ctxlab.models.layers import GemmaRMSNorm
 from ctxlab.models.loading import load_model
-from ctxlab.ttt.diagnostics import (
+from ctxlab.strategies.diagnostics import (
     attention_probe,
     attention_probs,
     char_spans_to_tokens,
     diagnose,
     probe_answer,
 )
-from ctxlab.ttt.flops import ArchCost, PaperCost
-from ctxlab.ttt.qttt import QTTTConfig, QuerySnapshot, adapt, adapted, new_qttt_cache, qttt_answer
+from ctxlab.strategies.flops import ArchCost, PaperCost
+from ctxlab.strategies.qttt import QTTTConfig, QuerySnapshot, adapt, adapted, qttt_answer
 from tests.hf_utils import make_hf, randomize, save_hf
 
 FAMILIES = ["qwen3", "llama", "gemma", "llama4_text", "recurrent_gemma"]
@@ -98,7 +98,7 @@ def model(request, checkpoints):
 
 
 def _prefilled(model, ids, extra=8):
-    cache = new_qttt_cache(model, len(ids) + extra)
+    cache = model.new_cache(1, len(ids) + extra, rewindable=True)
     with torch.no_grad():
         model(torch.tensor([ids]), cache)
     return cache
@@ -229,7 +229,7 @@ def test_answer_path_has_one_prefill_and_frozen_cache(model, monkeypatch):
         return out
 
     monkeypatch.setattr(model, "forward", spy)
-    @functools.wraps(new_cache)  # keeps the signature (qTTT asks Griffin for keep_states)
+    @functools.wraps(new_cache)  # keeps the signature (qTTT asks for a rewindable cache)
     def spy_cache(*a, **k):
         caches.append(new_cache(*a, **k))
         return caches[-1]
@@ -406,8 +406,8 @@ def test_probe_sees_every_layer_and_unwraps(model):
 
 
 def test_char_spans_to_tokens(tmp_path):
-    from ctxlab.scratch import build_checkpoint
     from ctxlab.tokenizer import Tokenizer
+    from ctxlab.train.scratch import build_checkpoint
 
     tok = Tokenizer.from_dir(build_checkpoint(tmp_path / "ck", max_len=512))
     text = "Account A sends 120 to account B. The key is 7f3a and the value is 1942. Done."
@@ -423,8 +423,8 @@ def test_char_spans_to_tokens(tmp_path):
 
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory):
-    from ctxlab.scratch import build_checkpoint
     from ctxlab.tokenizer import Tokenizer
+    from ctxlab.train.scratch import build_checkpoint
 
     path = build_checkpoint(tmp_path_factory.mktemp("scratch") / "ck", max_len=2048)
     return path, load_model(path).model, Tokenizer.from_dir(path)
@@ -434,39 +434,67 @@ CONTEXT = "The key is 7f3a and the value is 1942.\n" + "Account A sends 120 to a
 
 
 def test_strategies_account_flops(scratch):
-    from ctxlab.ttt.strategies import QTTT, InContext, Prompt, SelfConsistency, Thinking, encode_prompt
+    from ctxlab.strategies import LM, QTTT, InContext, Prompt, Request, SelfConsistency, Thinking
 
     _, model, tok = scratch
+    lm = LM(model, tok)
     cost = ArchCost.from_config(model.cfg)
     prompt = Prompt(CONTEXT, "What is the value for key 7f3a?")
 
-    r = InContext(max_answer_tokens=6).run(model, tok, prompt)
-    T = r.extra["prompt_tokens"]
-    fed = r.extra["generated_tokens"] - (r.extra["generated_tokens"] == 6)
-    assert r.flops == cost.prefill(T) + cost.decode(T, fed) and r.wall_time > 0
+    r = InContext().run(lm, Request(prompt, max_new_tokens=6))
+    T = r.diagnostics["prompt_tokens"]
+    fed = r.diagnostics["generated_tokens"] - (r.diagnostics["generated_tokens"] == 6)
+    assert r.flops == cost.prefill(T) + cost.decode(T, fed) and r.wall_s > 0
 
-    r = Thinking(think_tokens=12, max_answer_tokens=4).run(model, tok, prompt)
-    assert r.extra["format"] == "template" and r.extra["think_tokens"] <= 12
-    assert "</think>" in r.extra["generation"]  # closed by the model or forced when the budget ran out
-    if r.extra["forced"]:
-        assert "</think>\n\nFinal:" in r.extra["generation"]
+    r = Thinking(think_tokens=12).run(lm, Request(prompt, max_new_tokens=4))
+    assert r.diagnostics["format"] == "template" and r.diagnostics["think_tokens"] <= 12
+    assert "</think>" in r.generation  # closed by the model or forced when the budget ran out
+    if r.diagnostics["forced"]:
+        assert "</think>\n\nFinal:" in r.generation
 
-    r = SelfConsistency(think_tokens=24, samples=3, max_answer_tokens=4).run(model, tok, prompt, parse=lambda s: "X")
-    assert r.parsed == "X" and r.extra["votes"] == {"X": 3} and r.extra["per_sample_budget"] == 8
+    r = SelfConsistency(think_tokens=24, samples=3).run(lm, Request(prompt, max_new_tokens=4, parse=lambda s: "X"))
+    assert r.diagnostics["winner"] == "X" and r.diagnostics["votes"] == {"X": 3}
+    assert r.diagnostics["per_sample_budget"] == 8
 
     budget = 64
-    r = QTTT(think_tokens=budget, span=16, max_answer_tokens=4, lr=1e-3).run(model, tok, prompt)
-    T = r.extra["prompt_tokens"]
-    assert r.extra["N"] == cost.match(T, budget, 16)[1] == len(r.extra["losses"])
-    assert cost.qttt(T, 16, r.extra["N"]) <= cost.think(T, budget)  # never more than the matched budget
-    enc = encode_prompt(tok, prompt, thinking=False)
-    assert r.extra["context_tokens"] == enc.context_len < T
-    r = QTTT(think_tokens=budget, span=16, max_answer_tokens=2, matching="paper").run(model, tok, prompt)
-    assert r.extra["N"] == PaperCost.from_config(model.cfg).match(T, budget, 16)[1]
+    r = QTTT(think_tokens=budget, span=16, lr=1e-3).run(lm, Request(prompt, max_new_tokens=4))
+    T = r.diagnostics["prompt_tokens"]
+    assert r.diagnostics["N"] == cost.match(T, budget, 16)[1] == len(r.diagnostics["losses"])
+    assert cost.qttt(T, 16, r.diagnostics["N"]) <= cost.think(T, budget)  # never more than the matched budget
+    enc = lm.encode(prompt, thinking=False)
+    assert r.diagnostics["context_tokens"] == enc.context_len < T
+    assert r.flops == r.diagnostics["flops_parts"]["total"]
+    r = QTTT(think_tokens=budget, span=16, matching="paper").run(lm, Request(prompt, max_new_tokens=2))
+    assert r.diagnostics["N"] == PaperCost.from_config(model.cfg).match(T, budget, 16)[1]
+
+
+def test_strategy_probe_matches_a_direct_probe(scratch):
+    """An AnswerProbe on a request measures what probe_answer measures on the same prompt (in-context: with the
+    model's weights; qTTT with zero steps: the same weights, so the same numbers), and costs no FLOPs."""
+    from ctxlab.strategies import LM, QTTT, AnswerProbe, InContext, Prompt, Request
+    from ctxlab.strategies.diagnostics import probe_answer
+
+    _, model, tok = scratch
+    lm = LM(model, tok)
+    prompt = Prompt(CONTEXT, "What is the value for key 7f3a?")
+    ids = lm.encode(prompt, thinking=False).ids
+    answer = tuple(lm.encode_plain(" 1942"))
+    probe = AnswerProbe(evidence=(3, 4, 5), answer=answer)
+    plain = InContext().run(lm, Request(prompt, max_new_tokens=3))
+    r = InContext().run(lm, Request(prompt, max_new_tokens=3, probe=probe))
+    assert r.probe is not None and r.flops == plain.flops and r.generation == plain.generation
+    cache = model.new_cache(1, len(ids) + len(answer))
+    with torch.no_grad():
+        model(torch.tensor([ids]), cache)
+    want = probe_answer(model, cache, ids, probe.evidence, probe.answer)
+    assert r.probe.mass == pytest.approx(want.mass, abs=1e-6) and r.probe.margin == pytest.approx(want.margin, abs=1e-5)
+    q = QTTT(steps=0, span=16).run(lm, Request(prompt, max_new_tokens=3, probe=probe))
+    assert q.probe.mass == pytest.approx(want.mass, abs=1e-6)
 
 
 def test_answer_text():
-    from ctxlab.ttt.strategies import answer_text, default_parse
+    from ctxlab.strategies.base import default_parse
+    from ctxlab.tasks.format import answer_text
 
     assert answer_text("<think>so Final: 7?</think>\n\nFinal: 42\nmore") == "42\nmore"
     assert default_parse(answer_text("<think>so Final: 7?</think>\n\nFinal: 42\nmore")) == "42"
@@ -475,28 +503,34 @@ def test_answer_text():
 
 
 def test_scratchpad_thinking_without_template(scratch):
-    from ctxlab.tokenizer import Tokenizer
-    from ctxlab.ttt.strategies import Prompt, Thinking
+    from ctxlab.strategies import LM, Prompt, Request, Thinking
 
-    path, model, _ = scratch
+    path, model, tok = scratch
+    for lm in (LM(model, tok, chat=False), LM(model, _no_template(path))):  # raw text, or a base model's tokenizer
+        r = Thinking(think_tokens=6).run(lm, Request(Prompt(CONTEXT, "What is the value?"), max_new_tokens=3))
+        assert r.diagnostics["format"] == "scratchpad" and "Final:" in r.generation
+
+
+def _no_template(path):
+    from ctxlab.tokenizer import Tokenizer
+
     tok = Tokenizer.from_dir(path)
     tok.chat_template = None  # a base model: no chat template → scratchpad prompt with a "Final:" marker
-    r = Thinking(think_tokens=6, max_answer_tokens=3).run(model, tok, Prompt(CONTEXT, "What is the value?"))
-    assert r.extra["format"] == "scratchpad" and "Final:" in r.extra["generation"]
+    return tok
 
 
 def test_run_ttt_cli(scratch):
-    from ctxlab.ttt.command import run_ttt_cli
+    from ctxlab.commands.ttt import answer_with_qttt
 
     path, _, _ = scratch
     out = io.StringIO()
-    rep = run_ttt_cli(str(path), CONTEXT, "What is the value for key 7f3a?", steps=3, span=16, lr=1e-3,
+    rep = answer_with_qttt(str(path), CONTEXT, "What is the value for key 7f3a?", steps=3, span=16, lr=1e-3,
                       max_new_tokens=4, out=out)
     text = out.getvalue()
     assert "span loss" in text and "thinking tokens" in text and rep["steps"] == 3
     assert rep["matched_thinking_tokens"] > 0 and rep["flops"]["total"] > rep["flops"]["prefill"]
     with pytest.raises(CtxlabError, match="steps"):
-        run_ttt_cli("/nonexistent/model", CONTEXT, "q?", steps=-1)  # validated before loading
+        answer_with_qttt("/nonexistent/model", CONTEXT, "q?", steps=-1)  # validated before loading
 
 
 class ByteTokenizer:
@@ -514,27 +548,30 @@ class ByteTokenizer:
 
 @pytest.mark.parametrize("family", ["llama4_text", "recurrent_gemma"])
 def test_strategies_on_other_families(family, checkpoints):
-    from ctxlab.ttt.strategies import QTTT, Prompt, SelfConsistency
+    from ctxlab.strategies import LM, QTTT, AnswerProbe, Prompt, Request, SelfConsistency, Thinking
 
     model = load_model(checkpoints[family]).model
-    tok, prompt = ByteTokenizer(), Prompt(TEXT, "What did the keeper polish?")
-    r = SelfConsistency(think_tokens=8, samples=2, max_answer_tokens=3).run(model, tok, prompt)
-    assert r.extra["format"] == "scratchpad" and len(r.extra["answers"]) == 2 and r.flops > 0
+    lm, prompt = LM(model, ByteTokenizer()), Prompt(TEXT, "What did the keeper polish?")
+    r = SelfConsistency(think_tokens=8, samples=2).run(lm, Request(prompt, max_new_tokens=3))
+    assert r.diagnostics["format"] == "scratchpad" and len(r.diagnostics["answers"]) == 2 and r.flops > 0
     before = _state(model)
-    r = QTTT(think_tokens=32, span=8, max_answer_tokens=3, lr=1e-2).run(model, tok, prompt)
-    assert r.extra["N"] == 2 and r.extra["context_tokens"] == len(TEXT.encode())
+    r = QTTT(think_tokens=32, span=8, lr=1e-2).run(lm, Request(prompt, max_new_tokens=3))
+    assert r.diagnostics["N"] == 2 and r.diagnostics["context_tokens"] == len(TEXT.encode())
     _assert_same(model, before)
+    probe = AnswerProbe(evidence=(1, 2), answer=tuple(b" tiles"), marker=tuple(b"Final:"), marker_tail=(32,))
+    r = Thinking(think_tokens=4).run(lm, Request(prompt, max_new_tokens=2, probe=probe))  # rewinds past thinking
+    assert r.probe is not None and 0 <= r.probe.mass <= 1
 
 
 def test_inference_mode_caches_are_refused_and_callers_in_inference_mode_work(model):
     with torch.inference_mode():
-        cache = new_qttt_cache(model, len(PROMPT) + 4)  # inference tensors: autograd cannot save them
+        cache = model.new_cache(1, len(PROMPT) + 4, rewindable=True)  # inference tensors: autograd cannot save them
         model(torch.tensor([PROMPT]), cache)
         with pytest.raises(CtxlabError, match="inference_mode"):
             adapt(model, cache, PROMPT, FAST)
         res = qttt_answer(model, PROMPT, FAST, max_new_tokens=3)  # makes its own (normal) cache
     assert len(res.report.losses) == FAST.steps
-    cache = new_qttt_cache(model, len(PROMPT) + 4)
+    cache = model.new_cache(1, len(PROMPT) + 4, rewindable=True)
     with torch.inference_mode():
         model(torch.tensor([PROMPT]), cache)
         if isinstance(cache, KVCache):  # preallocated buffers written in place stay normal tensors: fine

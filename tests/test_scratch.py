@@ -7,8 +7,8 @@ import torch
 
 from ctxlab.errors import CtxlabError
 from ctxlab.models import model_class
-from ctxlab.scratch import induction_circuit_init, init_weights, scratch_hf_config
-from ctxlab.ttt.diagnostics import attention_probe, attention_probs
+from ctxlab.strategies.diagnostics import attention_probe, attention_probs
+from ctxlab.train.scratch import induction_circuit_init, init_weights, scratch_hf_config
 
 
 def _model(size: str = "tiny", **init) -> torch.nn.Module:

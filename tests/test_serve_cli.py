@@ -126,7 +126,7 @@ def test_chat_repl_keeps_history_in_the_chat_template(tmp_path):
 def test_chat_repl_without_a_template_and_over_the_context(tmp_path):
     import io
 
-    from ctxlab.scratch import build_checkpoint
+    from ctxlab.train.scratch import build_checkpoint
 
     ckpt = build_checkpoint(tmp_path / "tiny", max_len=64)
     served = ServedModel.load(str(ckpt))

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctxlab.apps.synthqa import (
+from ctxlab.apps.synthqa.generator import (
     FILTERS,
     Context,
     check_parallel,
@@ -19,7 +19,7 @@ from ctxlab.apps.synthqa import (
     split_article_indices,
     split_parallel,
 )
-from ctxlab.apps.synthqa_report import format_gain_table, gain_table, paired_bootstrap_ci, plot_gains
+from ctxlab.apps.synthqa.report import format_gain_table, gain_table, paired_bootstrap_ci, plot_gains
 from ctxlab.errors import CtxlabError
 from ctxlab.tasks.xquad import XQUAD_LANGS, load_squad, load_xquad, make_task, parse_squad
 

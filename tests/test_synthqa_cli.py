@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from ctxlab.apps.synthqa import FILTERS, generation_prompt, generation_target
-from ctxlab.apps.synthqa_cli import generator_prompt, qa_prompt, synth_qa_cli
+from ctxlab.apps.synthqa.generator import FILTERS, generation_prompt, generation_target
+from ctxlab.apps.synthqa.run import generator_prompt, qa_prompt, synth_qa
 from ctxlab.errors import CtxlabError
-from ctxlab.scratch import build_checkpoint
 from ctxlab.tasks.xquad import load_squad
+from ctxlab.train.scratch import build_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "xquad"
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def test_cli_random_checkpoint_end_to_end(random_ckpt, contexts_file, tmp_path):
 @pytest.fixture(scope="module")
 def memorised_ckpt(tmp_path_factory) -> Path:
     """A tiny model trained with the training loop to answer PAIRS as generator and as QA model."""
-    from ctxlab.train import train_cli
+    from ctxlab.train import run_training
 
     root = tmp_path_factory.mktemp("mem")
     texts = [f"{c} {q} {a}" for c, q, a, _ in PAIRS] + [generation_target("x", "y"), qa_prompt("x", "y")]
@@ -114,7 +114,7 @@ def memorised_ckpt(tmp_path_factory) -> Path:
             "optim": {"lr": 1e-2, "warmup_steps": 3, "max_steps": 30, "batch_size": 4, "weight_decay": 0.0},
             "eval": {"every": 0}, "checkpoint": {"every": 0, "keep": 1}}
     (root / "sft.json").write_text(json.dumps(conf))
-    return train_cli("sft", root / "sft.json").final_dir
+    return run_training("sft", root / "sft.json").final_dir
 
 
 @pytest.mark.slow
@@ -122,7 +122,7 @@ def test_cli_trained_checkpoint_keeps_pairs(memorised_ckpt, tmp_path, capsys):
     ctx = tmp_path / "pairs.jsonl"
     ctx.write_text("".join(json.dumps({"context": c, "lang": lang}) + "\n" for c, _, _, lang in PAIRS))
     out = tmp_path / "synth.json"
-    stats = synth_qa_cli(str(memorised_ckpt), str(ctx), str(out), max_new_tokens=24, min_roundtrip_f1=1.0)
+    stats = synth_qa(str(memorised_ckpt), str(ctx), str(out), max_new_tokens=24, min_roundtrip_f1=1.0)
     _check_stats(stats, {"en": 1, "de": 1}, 1)
     assert all(s["kept"] == 1 for s in stats.values()), stats
     arts = load_squad(out)
@@ -162,7 +162,7 @@ def test_bad_input_fails_before_loading_weights(broken_ckpt, contexts_file, tmp_
     if args["contexts"] == "missing.jsonl":
         args["contexts"] = str(tmp_path / "missing.jsonl")
     with pytest.raises(CtxlabError) as e:
-        synth_qa_cli(str(broken_ckpt), args.pop("contexts"), args.pop("out"), **args)
+        synth_qa(str(broken_ckpt), args.pop("contexts"), args.pop("out"), **args)
     msg = str(e.value)
     assert needle in msg and "\n" not in msg
     assert not (tmp_path / "o.json").exists()
@@ -171,17 +171,17 @@ def test_bad_input_fails_before_loading_weights(broken_ckpt, contexts_file, tmp_
 def test_out_path_checks(broken_ckpt, contexts_file, tmp_path):
     (tmp_path / "d.json").mkdir()
     with pytest.raises(CtxlabError, match="is a directory"):
-        synth_qa_cli(str(broken_ckpt), str(contexts_file), str(tmp_path / "d.json"))
+        synth_qa(str(broken_ckpt), str(contexts_file), str(tmp_path / "d.json"))
     src = tmp_path / "in.json"
     src.write_text(json.dumps({"version": "1.1", "data": []}))
     with pytest.raises(CtxlabError, match="overwrite the input"):
-        synth_qa_cli(str(broken_ckpt), str(src), str(src))
+        synth_qa(str(broken_ckpt), str(src), str(src))
 
 
 def test_broken_weights_are_reported_after_validation(broken_ckpt, contexts_file, tmp_path):
     """Control for the test above: with valid options the (bad) weights are what fails."""
     with pytest.raises(CtxlabError) as e:
-        synth_qa_cli(str(broken_ckpt), str(contexts_file), str(tmp_path / "o.json"))
+        synth_qa(str(broken_ckpt), str(contexts_file), str(tmp_path / "o.json"))
     assert "safetensors" in str(e.value) or "model.safetensors" in str(e.value)
 
 
@@ -201,7 +201,7 @@ def test_cli_one_line_errors(broken_ckpt, contexts_file, tmp_path):
 @pytest.mark.slow
 def test_tiny_experiment_end_to_end(tmp_path):
     out = tmp_path / "exp"
-    r = subprocess.run([sys.executable, "scripts/synthqa_experiment.py", "--out", str(out), "--tiny",
+    r = subprocess.run([sys.executable, "-m", "ctxlab", "synth-qa-experiment", "--out", str(out), "--tiny",
                         "--data-dir", str(FIXTURES)], capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -244,7 +244,7 @@ def test_tiny_experiment_end_to_end(tmp_path):
 
 
 def test_check_disjoint_finds_escaped_contexts(tmp_path):
-    from ctxlab.apps.synthqa_experiment import check_disjoint
+    from ctxlab.apps.synthqa.experiment import check_disjoint
 
     ctx = 'Er sagte "Nein".\nDann ging er — 东京 \\ weiter.'
     clean, leaky, text = tmp_path / "clean.jsonl", tmp_path / "leaky.jsonl", tmp_path / "corpus.txt"
@@ -258,7 +258,7 @@ def test_check_disjoint_finds_escaped_contexts(tmp_path):
 
 
 def test_experiment_config_validation(tmp_path):
-    from ctxlab.apps.synthqa_experiment import make_config, run_experiment
+    from ctxlab.apps.synthqa.experiment import make_config, run_experiment
 
     with pytest.raises(CtxlabError, match="must include 'en'"):
         make_config(str(tmp_path / "x"), langs=("de", "zh"))

@@ -14,9 +14,9 @@ from ctxlab.apps.tickets.agent import (
     split_items_text,
     validate_call,
 )
-from ctxlab.apps.tickets.backend import Backend
+from ctxlab.apps.tickets.backend import BookingBackend
 from ctxlab.apps.tickets.catalogue import build_catalogue
-from ctxlab.apps.tickets.chat import chat_cli, read_user_script
+from ctxlab.apps.tickets.chat import read_user_script, run_chat
 from ctxlab.apps.tickets.convert import (
     END_TEXT,
     Stats,
@@ -27,9 +27,12 @@ from ctxlab.apps.tickets.convert import (
     lm_text,
     sft_rows,
     split_conversations,
-    write_jsonl,
 )
-from ctxlab.apps.tickets.formats import (
+from ctxlab.apps.tickets.ontology import BUILTIN_APIS, parse_ontology
+from ctxlab.apps.tickets.simulate import SimUser, sim_examples, simulate
+from ctxlab.errors import CtxlabError
+from ctxlab.fileio import write_jsonl_atomic
+from ctxlab.tasks.tickettalk.formats import (
     ApiCall,
     ApiResponse,
     RewardExample,
@@ -39,9 +42,6 @@ from ctxlab.apps.tickets.formats import (
     parse_items,
     parse_tsv,
 )
-from ctxlab.apps.tickets.ontology import BUILTIN_APIS, parse_ontology
-from ctxlab.apps.tickets.simulate import SimUser, sim_examples, simulate
-from ctxlab.errors import CtxlabError
 
 ONT = parse_ontology(BUILTIN_APIS, "builtin")
 FIND = "<PN>find_theaters<PAN>location<PAV>Spring Hills, Kansas<PAN>name.movie<PAV>No Time To Die"
@@ -56,7 +56,7 @@ def catalogue():
 
 @pytest.fixture
 def backend(tmp_path, catalogue):
-    b = Backend(tmp_path / "t.db", catalogue=catalogue, ontology=ONT)
+    b = BookingBackend(tmp_path / "t.db", catalogue=catalogue, ontology=ONT)
     yield b
     b.close()
 
@@ -172,7 +172,7 @@ def test_simulator_is_deterministic(catalogue, sims):
 
 
 def test_simulated_calls_are_valid_and_execute(tmp_path, catalogue, sims):
-    fresh = Backend(tmp_path / "replay.db", catalogue=catalogue, ontology=ONT)
+    fresh = BookingBackend(tmp_path / "replay.db", catalogue=catalogue, ontology=ONT)
     apis = set()
     try:
         for s in sims:
@@ -293,16 +293,16 @@ def test_sft_and_dpo_lower_their_losses_on_the_training_loop(tmp_path, sims):
                       num_key_value_heads=1, head_dim=24)
     count = Tokenizer.from_dir(init).count_tokens
     sft = sft_rows(sim_examples(sims[:2])[:8], max_tokens=200, count_tokens=count)
-    write_jsonl(tmp_path / "sft.jsonl", sft)
-    res = train.train_cli("sft", _micro_config(tmp_path, "sft", init, tmp_path / "sft.jsonl", 20))
+    write_jsonl_atomic(tmp_path / "sft.jsonl", sft)
+    res = train.run_training("sft", _micro_config(tmp_path, "sft", init, tmp_path / "sft.jsonl", 20))
     losses = res.losses
     assert sum(losses[-3:]) / 3 < 0.75 * sum(losses[:3]) / 3, losses
 
     ctx = (Utterance("agent", "Hi."), Utterance("user", "What is playing near me?"))
     good = ApiCall("find_movies", (("location", "nearby"),))
     exs = [RewardExample(f"c{i}", ctx + (Utterance("user", f"x{i}"),), good, 1.0) for i in range(4)]
-    write_jsonl(tmp_path / "dpo.jsonl", dpo_rows(exs, max_tokens=200, count_tokens=count))
-    res = train.train_cli("dpo", _micro_config(tmp_path, "dpo", res.final_dir, tmp_path / "dpo.jsonl", 10))
+    write_jsonl_atomic(tmp_path / "dpo.jsonl", dpo_rows(exs, max_tokens=200, count_tokens=count))
+    res = train.run_training("dpo", _micro_config(tmp_path, "dpo", res.final_dir, tmp_path / "dpo.jsonl", 10))
     assert abs(res.losses[0] - 0.6931) < 0.01  # policy == reference at the start
     assert res.losses[-1] < 0.6, res.losses
 
@@ -318,7 +318,7 @@ def test_scripted_chat_writes_a_transcript(tmp_path, backend):
                               BOOK, "<A>Your tickets are booked."])
     out = tmp_path / "screen.txt"
     with out.open("w") as f:
-        summary = chat_cli("scripted", script, None, 5, predictor=pred, backend=backend, transcript=tmp_path / "t",
+        summary = run_chat("scripted", script, None, 5, predictor=pred, backend=backend, transcript=tmp_path / "t",
                            out=f)
     assert summary["turns"] == 2 and summary["api_calls"] == 2 and summary["bookings"] == 1
     records = [json.loads(x) for x in (tmp_path / "t.jsonl").read_text().splitlines()]
@@ -330,18 +330,18 @@ def test_scripted_chat_writes_a_transcript(tmp_path, backend):
     assert "agent> Your tickets are booked." in out.read_text()
     with pytest.raises(CtxlabError, match="no user utterances"):
         (tmp_path / "empty.txt").write_text("# nothing\n")
-        chat_cli("scripted", tmp_path / "empty.txt", None, 5, predictor=pred)
+        run_chat("scripted", tmp_path / "empty.txt", None, 5, predictor=pred)
 
 
 def test_simulated_user_and_interactive_chat(tmp_path, backend):
     pred = ScriptedPredictor(["<A>Which movie would you like to see?"] * 3)
-    summary = chat_cli("scripted", None, None, 3, simulate_user=True, seed=1, predictor=pred, backend=backend,
+    summary = run_chat("scripted", None, None, 3, simulate_user=True, seed=1, predictor=pred, backend=backend,
                        transcript=tmp_path / "sim", out=open(tmp_path / "o.txt", "w"))
     assert summary["turns"] == 3 and (tmp_path / "sim.txt").is_file()
     meta = json.loads((tmp_path / "sim.jsonl").read_text().splitlines()[0])
     assert meta["mode"] == "simulated-user" and meta["goal"]["movie"]
     inputs = iter(["/help", "hello", "/quit", "never read"])
-    summary = chat_cli("scripted", None, None, 5, predictor=ScriptedPredictor(["<A>Hi! How can I help?"]),
+    summary = run_chat("scripted", None, None, 5, predictor=ScriptedPredictor(["<A>Hi! How can I help?"]),
                        backend=backend, input_fn=lambda _: next(inputs), out=open(tmp_path / "i.txt", "w"))
     assert summary["turns"] == 1 and "transcript_jsonl" not in summary
     assert "agent> Hi! How can I help?" in (tmp_path / "i.txt").read_text()

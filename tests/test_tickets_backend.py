@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from ctxlab.apps.tickets import values as V
-from ctxlab.apps.tickets.backend import EMPTY, Backend, format_result, result_to_items
+from ctxlab.apps.tickets.backend import EMPTY, BookingBackend, format_result, result_to_items
 from ctxlab.apps.tickets.catalogue import BUILTIN_MOVIES, build_catalogue, split_location
-from ctxlab.apps.tickets.formats import ApiCall, parse_items, read_tsv
 from ctxlab.apps.tickets.ontology import BUILTIN_APIS, parse_ontology
 from ctxlab.errors import CtxlabError
+from ctxlab.tasks.tickettalk.formats import ApiCall, parse_items, read_tsv
 
 ONT = parse_ontology(BUILTIN_APIS, "builtin")
 NTTD = {"name.movie": "No Time To Die", "name.theater": "AMC Mountain 16"}  # a built-in showing: 4:30, 7:10, 9:45pm
@@ -25,15 +25,15 @@ NTTD = {"name.movie": "No Time To Die", "name.theater": "AMC Mountain 16"}  # a 
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
-    b = Backend(tmp_path_factory.mktemp("db") / "t.db", catalogue=build_catalogue(), ontology=ONT)
+    b = BookingBackend(tmp_path_factory.mktemp("db") / "t.db", catalogue=build_catalogue(), ontology=ONT)
     yield b
     b.close()
 
 
-def _tiny(tmp_path, seats: int) -> Backend:
+def _tiny(tmp_path, seats: int) -> BookingBackend:
     cat = build_catalogue()
     cat = dataclasses.replace(cat, showtimes=tuple(dataclasses.replace(s, capacity=seats) for s in cat.showtimes))
-    return Backend(tmp_path / "tiny.db", catalogue=cat, ontology=ONT)
+    return BookingBackend(tmp_path / "tiny.db", catalogue=cat, ontology=ONT)
 
 
 def _ok(result: dict) -> dict:
@@ -267,17 +267,17 @@ def test_database_persists_and_guards_its_catalogue(tmp_path):
     with _tiny(tmp_path, 3) as b:
         b.call("book_tickets", {**NTTD, "time.showing": "7:10pm"}, idempotency_key="p")
         path = b.db_path
-    with Backend(path, ontology=ONT) as again:  # reopened as is
+    with BookingBackend(path, ontology=ONT) as again:  # reopened as is
         assert [x["idempotency_key"] for x in again.bookings()] == ["p"]
     with pytest.raises(CtxlabError, match="holds catalogue"):
-        Backend(path, catalogue=build_catalogue(seed=1), ontology=ONT)
+        BookingBackend(path, catalogue=build_catalogue(seed=1), ontology=ONT)
     (tmp_path / "junk.db").write_text("not a database")
     with pytest.raises(CtxlabError, match="not a usable SQLite database"):
-        Backend(tmp_path / "junk.db", ontology=ONT)
+        BookingBackend(tmp_path / "junk.db", ontology=ONT)
 
 
 def test_temporary_database_is_removed():
-    b = Backend(catalogue=build_catalogue(), ontology=ONT)
+    b = BookingBackend(catalogue=build_catalogue(), ontology=ONT)
     path = b.db_path
     assert path.exists()
     b.close()
@@ -289,7 +289,7 @@ def test_defaults_without_shared_data(monkeypatch, tmp_path):
 
     monkeypatch.setattr(ontology, "tm3_dir", lambda: None)
     monkeypatch.setattr(catalogue, "shipped_train_tsv", lambda: None)
-    with Backend() as b:  # built-in ontology and catalogue
+    with BookingBackend() as b:  # built-in ontology and catalogue
         assert b.ontology.source == "builtin" and b.fingerprint == build_catalogue().fingerprint()
         assert _ok(b.call("resolve_movie", {"name.movie": "Family Jewels"})) == {"name.movie": ["Family Jewels"]}
     monkeypatch.undo()
@@ -342,7 +342,7 @@ def test_catalogue_from_the_shipped_shard(shared_data, tmp_path):
     storm = next(m for m in cat.movies if m.title == "Beyond the Storm")
     assert storm.genre.casefold() == "action" and "James Cameron" in storm.people  # majority of the data's answers
     # replaying the shard's own book_tickets calls mostly succeeds against the derived catalogue
-    with Backend(tmp_path / "data.db", catalogue=cat, ontology=ONT) as b:
+    with BookingBackend(tmp_path / "data.db", catalogue=cat, ontology=ONT) as b:
         calls = {it for ex in read_tsv(tsv) for it in (*(ex.history or ()), ex.target.call)
                  if isinstance(it, ApiCall) and it.name == "book_tickets"}
         statuses = [r["response"]["status"][0] for r in (b.call(c.name, c.arg_dict()) for c in calls) if r["ok"]]

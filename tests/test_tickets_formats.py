@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ctxlab.apps.tickets.formats import (
+from ctxlab.apps.tickets.ontology import BUILTIN_APIS, load_ontology, parse_ontology
+from ctxlab.errors import CtxlabError
+from ctxlab.tasks.tickettalk.formats import (
     ApiCall,
     ApiResponse,
     Example,
@@ -34,8 +36,6 @@ from ctxlab.apps.tickets.formats import (
     read_tsv,
     write_tsv,
 )
-from ctxlab.apps.tickets.ontology import BUILTIN_APIS, load_ontology, parse_ontology
-from ctxlab.errors import CtxlabError
 
 FIX = Path(__file__).parent / "fixtures" / "tickettalk"
 TM3 = ("taskmaster3", "TM-3-2020")

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import sacrebleu
 
-from ctxlab.apps.tickets import metrics as M
-from ctxlab.apps.tickets.formats import ApiCall, read_tsv
 from ctxlab.errors import CtxlabError
 from ctxlab.tasks.base import CARD_SECTIONS
 from ctxlab.tasks.tickettalk import TASKS, TicketTalkTask
+from ctxlab.tasks.tickettalk import metrics as M
+from ctxlab.tasks.tickettalk.formats import ApiCall, read_tsv
 
 FIX = Path(__file__).parent / "fixtures" / "tickettalk"
 TASK: TicketTalkTask = TASKS[0]
@@ -168,7 +168,7 @@ def test_bleu_hand_computed_and_equal_to_sacrebleu():
             "Enjoy the show!"]
     expected = sacrebleu.corpus_bleu(hyps, [refs]).score
     assert M.corpus_bleu(values) == pytest.approx(expected) and 0 < expected < 100
-    from ctxlab.eval.metrics import get_metric  # the registry's corpus BLEU reads the same statistics
+    from ctxlab.tasks.metrics import get_metric  # the registry's corpus BLEU reads the same statistics
 
     assert get_metric("bleu").aggregate(values) == pytest.approx(expected)
 

@@ -1,5 +1,5 @@
 """Training loop, objectives, data and config: loss goes down, resume is exact, SFT masks prompts, DPO starts at
-log 2 and improves, bad configs fail with one clear line. Tiny Qwen3 models from ctxlab.scratch, CPU float32."""
+log 2 and improves, bad configs fail with one clear line. Tiny Qwen3 models from ctxlab.train.scratch, CPU float32."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from torch import nn
 
 from ctxlab.errors import CtxlabError
 from ctxlab.models.loading import load_model
-from ctxlab.scratch import build_checkpoint
 from ctxlab.tokenizer import Tokenizer
 from ctxlab.train import (
     DPOObjective,
@@ -27,10 +26,11 @@ from ctxlab.train import (
     load_config,
     lr_factor,
     pack,
+    run_training,
     train,
-    train_cli,
 )
 from ctxlab.train.data import Doc, Pair, dpo_pairs, sft_docs
+from ctxlab.train.scratch import build_checkpoint
 
 CORPUS = ["A list of key: value pairs. Each key appears once.\namber-falcon-river: 123456\n" * 4,
           "Question: is the sky blue? Answer: yes. Question: is fire cold? Answer: no.\n" * 4]
@@ -204,19 +204,19 @@ def test_pretrain_cli_on_sandbox_data(ckpt, tmp_path):
            "optim": {"max_steps": 3, "batch_size": 2, "warmup_steps": 1}, "eval": {"every": 0}}
     path = tmp_path / "c.json"
     path.write_text(json.dumps(cfg))
-    res = train_cli("pretrain", path)
+    res = run_training("pretrain", path)
     assert len(res.losses) == 3 and res.eval_rows and (res.final_dir / "model.safetensors").is_file()
     cached = list((tmp_path / "run").glob("docs-*.pt"))
     assert len(cached) == 1 and set(torch.load(cached[0], weights_only=True)) == {"train", "eval"}
     with pytest.raises(CtxlabError, match="already holds checkpoints"):
-        train_cli("pretrain", path)
+        run_training("pretrain", path)
     # unpacked: one document per row in length-sorted groups of batch_size; the cached documents are reused
     cfg["data"]["pack"] = False
     cfg["out_dir"] = str(tmp_path / "run2")
     path.write_text(json.dumps(cfg))
     (tmp_path / "run2").mkdir()
     shutil.copy(cached[0], tmp_path / "run2" / cached[0].name)  # same sources and tokenizer: the cache is reused
-    res = train_cli("pretrain", path)
+    res = run_training("pretrain", path)
     assert len(res.losses) == 3
 
 
@@ -231,7 +231,7 @@ def test_scratch_pretrain_exports_a_model_card(tmp_path):
            "export": {"dir": str(tmp_path / "export"), "card_samples": 1, "card_lengths": [64]}}
     path = tmp_path / "c.json"
     path.write_text(json.dumps(cfg))
-    train_cli("pretrain", path)
+    run_training("pretrain", path)
     card = (tmp_path / "export" / "README.md").read_text()
     assert "4 copy drills" in card and "induction circuit" in card and "`: 823`" in card
     assert json.loads((tmp_path / "export" / "eval_results.json").read_text())
@@ -302,14 +302,14 @@ def test_bundled_configs_are_valid():
 
 
 def test_chunks_pretokenizer_keeps_dash_words_and_digit_groups():
-    from ctxlab.scratch import _pre_tokenizer
+    from ctxlab.train.scratch import _pre_tokenizer
 
     pieces = [p for p, _ in _pre_tokenizer("chunks").pre_tokenize_str("amber-falcon-river: 1234567, A2 -> -15")]
     assert pieces == ["amber", "-falcon", "-river", ":", "Ġ", "123", "456", "7", ",", "ĠA", "2", "Ġ->", "Ġ-", "15"]
 
 
 def test_chunks_sep_pretokenizer_joins_separator_and_first_digit_group():
-    from ctxlab.scratch import _pre_tokenizer
+    from ctxlab.train.scratch import _pre_tokenizer
 
     pieces = [p for p, _ in _pre_tokenizer("chunks-sep").pre_tokenize_str("river: 1234567, A2 -> -15\n 12 | x")]
     assert pieces == ["river", ":Ġ123", "456", "7", ",", "ĠA", "2", "Ġ->", "Ġ-", "15", "Ċ", "Ġ12", "Ġ|", "Ġx"]

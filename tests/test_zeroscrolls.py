@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ctxlab.errors import CtxlabError
-from ctxlab.eval.metrics import get_metric
+from ctxlab.tasks.metrics import get_metric
 from ctxlab.tasks.zeroscrolls import CONFIGS, TASKS, config_name, load_samples, write_submission
 
 FIXTURES = Path(__file__).parent / "fixtures" / "zeroscrolls"

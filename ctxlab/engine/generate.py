@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from ctxlab.checks import check_int
 from ctxlab.engine.sampling import SamplingParams, make_generator, sample
 from ctxlab.errors import CtxlabError
 
@@ -126,8 +127,7 @@ def fit_prompts(
     if len(prompts) == 0:
         raise CtxlabError("no prompts to generate from")
     limit = model.max_context if max_context is None else max_context
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-        raise CtxlabError(f"max_context must be a positive integer, got {limit!r}")
+    check_int("max_context", limit, 1)
     new = params.max_new_tokens
     budget = limit - new
     if budget < 1:

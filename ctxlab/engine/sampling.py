@@ -14,11 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ctxlab.checks import is_int
 from ctxlab.errors import CtxlabError
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _is_real(x: Any) -> bool:
@@ -37,15 +34,15 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+        if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise CtxlabError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
         if not _is_real(self.temperature) or self.temperature < 0:
             raise CtxlabError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}")
-        if not _is_int(self.top_k) or self.top_k < 0:
+        if not is_int(self.top_k) or self.top_k < 0:
             raise CtxlabError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
         if not _is_real(self.top_p) or not 0 < self.top_p <= 1:
             raise CtxlabError(f"top_p must be in (0, 1] (1 = off), got {self.top_p!r}")
-        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
+        if self.seed is not None and (not is_int(self.seed) or self.seed < 0):
             raise CtxlabError(f"seed must be an integer >= 0 or None, got {self.seed!r}")
 
     @property

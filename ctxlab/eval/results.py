@@ -1,7 +1,7 @@
 """The typed results of a run (`results.json`) and how they are computed from stored per-sample records.
 
 `RunResult.to_dict()` is the file's content; `load_results(run_dir)` reads it back (for `ctxlab report`).
-Aggregates come from `ctxlab.eval.metrics` (0-100 scale) with bootstrap standard errors over samples
+Aggregates come from `ctxlab.tasks.metrics` (0-100 scale) with bootstrap standard errors over samples
 (seeded with the run's seed, so they are reproducible). Everything is computed from the stored records, in
 task-sample order, so an interrupted-and-resumed or sharded run gives exactly the numbers of a single
 uninterrupted one.
@@ -23,7 +23,7 @@ from typing import Any
 from ctxlab.errors import CtxlabError
 
 SCHEMA = "ctxlab.eval.results/1"
-FLOPS_UNIT = "multiply-accumulates (analytic, ctxlab.ttt.flops; x2 for hardware FLOPs)"
+FLOPS_UNIT = "multiply-accumulates (analytic, ctxlab.strategies.flops; x2 for hardware FLOPs)"
 PACKAGES = ("ctxlab", "torch", "numpy", "tokenizers", "safetensors", "sacrebleu", "rouge-score", "nltk",
             "transformers", "google-genai", "typer", "rich")
 

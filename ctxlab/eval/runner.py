@@ -32,19 +32,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ctxlab.checks import check_int, coerce_like
 from ctxlab.errors import CtxlabError
 from ctxlab.eval import distributed
 from ctxlab.eval.backends import backend_class
 from ctxlab.eval.backends.base import BaseBackend
-from ctxlab.eval.metrics import METRICS, Metric, aggregate_by
 from ctxlab.eval.results import FLOPS_UNIT, SCHEMA, MetricResult, RunResult, TaskResult, environment
-from ctxlab.eval.store import RunStore, SampleRecord, write_json_atomic, write_jsonl_atomic
-from ctxlab.eval.strategy import Generate, Outcome, Request, TTTStrategy, make_strategy
+from ctxlab.eval.store import RunStore, SampleRecord
+from ctxlab.fileio import write_json_atomic, write_jsonl_atomic
+from ctxlab.strategies import Outcome, Prompt, Request, Strategy, make_strategy
 from ctxlab.tasks.base import Sample, Task, TaskRegistry
-from ctxlab.tasks.sandbox.common import format_prompt
+from ctxlab.tasks.format import format_prompt
+from ctxlab.tasks.metrics import METRICS, Metric, aggregate_by
 
 DEFAULT_MAX_NEW_TOKENS = 64
-_TASK_BASE_FIELDS = ("name", "version", "card", "metrics", "languages", "needs_data_dir")
+_TASK_BASE_FIELDS = ("name", "version", "card", "metrics", "languages", "needs_data_dir", "truncation", "breakdown")
 _SELECTOR = re.compile(r"^[A-Za-z0-9_.:-]+$")
 _MIN_PROMPT_TOKENS = 8
 
@@ -90,7 +92,7 @@ class Plan:
     cfg: EvalConfig
     backend_cls: type[BaseBackend]
     backend_options: dict[str, Any]
-    strategy: Generate | TTTStrategy
+    strategy: Strategy
     tasks: list[TaskPlan]
     identity: dict[str, Any]
     settings: dict[str, Any]
@@ -126,13 +128,6 @@ def sample_seed(seed: int, task: str, sample_id: str) -> int:
     return int(hashlib.sha256(f"{seed}\x00{task}\x00{sample_id}".encode()).hexdigest()[:8], 16)
 
 
-def _check_int(name: str, value: Any, low: int, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise CtxlabError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
 # ------------------------------------------------------------------------------------------------ tasks
 
 
@@ -150,23 +145,6 @@ def _scalar_fields(task: Task) -> dict[str, Any]:
             if f.name not in _TASK_BASE_FIELDS and isinstance(getattr(task, f.name), (bool, int, float, str))}
 
 
-def _coerce_like(current: Any, value: Any, key: str) -> Any:
-    if not isinstance(value, str):
-        return value
-    try:
-        if isinstance(current, bool):
-            if value.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                raise ValueError
-            return value.lower() in ("1", "true", "yes", "on")
-        if isinstance(current, int):
-            return int(value)
-        if isinstance(current, float):
-            return float(value)
-    except ValueError:
-        raise CtxlabError(f"task option {key} must be {type(current).__name__}, got {value!r}") from None
-    return value
-
-
 def apply_task_options(tasks: list[Task], options: Sequence[tuple[str, Any]]) -> tuple[list[Task], list[dict]]:
     """Set scalar task fields (e.g. n_tokens, n_samples, split, prompt_style) on every selected task having them."""
     applied: list[dict[str, Any]] = [{} for _ in tasks]
@@ -178,7 +156,7 @@ def apply_task_options(tasks: list[Task], options: Sequence[tuple[str, Any]]) ->
             raise CtxlabError(f"unknown task option {key!r} for the selected tasks; valid options: "
                               f"{', '.join(valid) or 'none'}")
         for i in hits:
-            v = _coerce_like(_scalar_fields(out[i])[key], value, key)
+            v = coerce_like(_scalar_fields(out[i])[key], value, f"task option {key}")
             out[i] = dataclasses.replace(out[i], **{key: v})
             applied[i][key] = v
     return out, applied
@@ -214,11 +192,9 @@ def assign_data_dirs(tasks: Sequence[Task], specs: Sequence[str]) -> list[Path |
 
 
 def task_metric(task: Task, name: str) -> Metric:
-    hook = getattr(task, "metric", None)  # a task may define metric(name) -> Metric for metrics of its own
-    if callable(hook):
-        m = hook(name)
-        if m is not None:
-            return m
+    m = task.metric(name)
+    if m is not None:
+        return m
     if name in METRICS:
         return METRICS[name]
     raise CtxlabError(f"task {task.name} reports metric {name!r}, which no metric registry defines")
@@ -257,12 +233,6 @@ def load_task_samples(task: Task, data_dir: Path | None, limit: int | None) -> t
     return samples, hashes
 
 
-def truncation_policy(task: Task) -> str:
-    if callable(getattr(task, "fit_prompt", None)):
-        return str(getattr(task, "truncation", "task"))
-    return "left_context"
-
-
 # ------------------------------------------------------------------------------------------------ plan
 
 
@@ -279,10 +249,10 @@ def _fingerprint_view(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 def plan(cfg: EvalConfig, extra_tasks: Sequence[Task] = ()) -> Plan:
     """Validate everything a run needs, without loading a model; see the module docstring."""
-    _check_int("limit", cfg.limit, 1, allow_none=True)
-    _check_int("seed", cfg.seed, 0)
-    _check_int("bootstrap", cfg.bootstrap, 2)
-    _check_int("max_new_tokens", cfg.max_new_tokens, 1, allow_none=True)
+    check_int("limit", cfg.limit, 1, allow_none=True)
+    check_int("seed", cfg.seed, 0)
+    check_int("bootstrap", cfg.bootstrap, 2)
+    check_int("max_new_tokens", cfg.max_new_tokens, 1, allow_none=True)
     if cfg.temperature is not None and not (isinstance(cfg.temperature, (int, float)) and cfg.temperature >= 0):
         raise CtxlabError(f"temperature must be >= 0, got {cfg.temperature!r}")
     if not cfg.model:
@@ -292,8 +262,8 @@ def plan(cfg: EvalConfig, extra_tasks: Sequence[Task] = ()) -> Plan:
     opts = cls.check_options(dict(cfg.backend_options))
     if "device" in opts:
         opts["device"] = distributed.rank_device(opts["device"], distributed.env_world())
-    strategy = make_strategy(cfg.strategy, cls.strategies, cfg.budget_think_tokens, dict(cfg.strategy_options),
-                             backend=cls.name)
+    strategy = make_strategy(cfg.strategy, cfg.budget_think_tokens, dict(cfg.strategy_options),
+                             supported=cls.strategies, backend=cls.name)
 
     selected = list({t.name: t for t in _registry(extra_tasks).resolve(cfg.tasks)}.values())  # drop repeats
     selected, applied = apply_task_options(selected, cfg.task_options)
@@ -313,10 +283,10 @@ def plan(cfg: EvalConfig, extra_tasks: Sequence[Task] = ()) -> Plan:
     tplans: list[TaskPlan] = []
     for task, metrics, data_dir, options in zip(selected, metric_sets, dirs, applied, strict=True):
         samples, hashes = load_task_samples(task, data_dir, cfg.limit)
-        max_new = cfg.max_new_tokens or getattr(task, "max_new_tokens", None) or DEFAULT_MAX_NEW_TOKENS
-        temp = cfg.temperature if cfg.temperature is not None else float(getattr(task, "temperature", 0.0))
-        tplans.append(TaskPlan(task, samples, hashes, metrics, data_dir, int(max_new), float(temp),
-                               truncation_policy(task), options))
+        max_new = cfg.max_new_tokens or task.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+        temp = cfg.temperature if cfg.temperature is not None else float(task.temperature)
+        tplans.append(TaskPlan(task, samples, hashes, metrics, data_dir, int(max_new), float(temp), task.truncation,
+                               options))
 
     settings = {
         "schema": SCHEMA,
@@ -367,24 +337,6 @@ class Fitted:
     truncated: int
 
 
-def _cut_context_left(task: Task, sample: Sample, tok: Any, budget: int) -> tuple[str, str]:
-    """Drop the oldest context tokens until the prompt fits `budget` tokens (question and instructions kept).
-    Returns (prompt, the context that remains)."""
-    ids = list(tok.encode(sample.context))
-    text = task.prompt(sample)
-    cut = max(1, len(tok.encode(text)) - budget)
-    while True:
-        if cut > len(ids):
-            raise CtxlabError(f"{task.name} sample {sample.id!r}: the prompt does not fit {budget} tokens even "
-                              "without its context; lower the answer/thinking budget")
-        context = tok.decode(ids[cut:])
-        text = task.prompt(dataclasses.replace(sample, context=context))
-        n = len(tok.encode(text))
-        if n <= budget:
-            return text, context
-        cut += n - budget
-
-
 def fit_prompt(tp: TaskPlan, sample: Sample, backend: BaseBackend, reserve: int, thinking: bool = False) -> Fitted:
     """The task prompt fitted to the backend's context, leaving `reserve` tokens for what is generated.
 
@@ -406,14 +358,8 @@ def fit_prompt(tp: TaskPlan, sample: Sample, backend: BaseBackend, reserve: int,
             raise CtxlabError(f"{tp.task.name}: the model's context of {ctx} tokens leaves too little room for the "
                               f"prompt after reserving {reserve} tokens for generation; lower --max-new-tokens or "
                               "--budget-think-tokens")
-        fitted_structured = None
-        if tp.truncation == "keep_query":
-            fitted = tp.task.fit_prompt(sample, tok, budget, reserve=0)
-        elif tp.truncation == "left_context":
-            fitted, context = _cut_context_left(tp.task, sample, tok, budget)
-            fitted_structured = (context, sample.question) if structured else None
-        else:  # "middle" and any other task-defined policy: fit_prompt(sample, tokenizer, prompt budget)
-            fitted = tp.task.fit_prompt(sample, tok, budget)
+        fitted, short = tp.task.fit_to(sample, tok, budget)
+        fitted_structured = (short.context, short.question) if structured and short is not None else None
         m = backend.sent_tokens(fitted, fitted_structured, thinking)
         if m <= limit:
             return Fitted(fitted, fitted_structured, m, max(0, n - m))
@@ -435,26 +381,22 @@ def _record(tp: TaskPlan, si: int, fitted: Fitted, out: Outcome, rank: int) -> S
                         prompt_hash=text_hash(fitted.prompt), prediction=pred, generation=out.generation,
                         reference=s.reference, scores=dict(scores), flops=out.flops, wall_s=out.wall_s,
                         prompt_tokens=fitted.prompt_tokens, truncated_tokens=fitted.truncated, rank=rank,
-                        extra={**out.extra, "answer_text": out.answer_text})
+                        extra={**out.diagnostics, "answer_text": out.answer_text})
 
 
 def _request(p: Plan, tp: TaskPlan, si: int, backend: BaseBackend) -> tuple[Fitted, Request]:
     s = tp.samples[si]
     fitted = fit_prompt(tp, s, backend, p.strategy.reserve(tp.max_new_tokens), p.strategy.thinking)
-    req = Request(fitted.prompt, tp.max_new_tokens, tp.temperature,
-                  sample_seed(p.cfg.seed, tp.task.name, s.id), fitted.structured)
+    prompt = Prompt(*fitted.structured) if fitted.structured else fitted.prompt
+    req = Request(prompt, tp.max_new_tokens, tp.temperature, sample_seed(p.cfg.seed, tp.task.name, s.id),
+                  parse=lambda text: text)  # self-consistency votes on the answer text; the task parses the winner
     return fitted, req
 
 
 def _run_items(p: Plan, items: Sequence[tuple[int, int]], backend: BaseBackend, rank: int,
                window: int) -> Iterator[SampleRecord]:
-    """Records in finishing order. Batched strategies send `window` requests of one task at a time."""
-    if isinstance(p.strategy, TTTStrategy):
-        for ti, si in items:
-            tp = p.tasks[ti]
-            fitted, req = _request(p, tp, si, backend)
-            yield _record(tp, si, fitted, p.strategy.run(backend, req), rank)
-        return
+    """Records in finishing order; `window` requests of one task go to the strategy at a time (remote backends
+    run them concurrently)."""
     for ti, group in itertools.groupby(items, key=lambda x: x[0]):
         tp = p.tasks[ti]
         sis = [si for _, si in group]
@@ -529,7 +471,7 @@ def _task_result(p: Plan, tp: TaskPlan, recs: Mapping[str, SampleRecord]) -> Tas
         vals = [tuple(v) if isinstance(v, list) else v for v in (r.scores[name] for r in ordered)]
         metrics[name] = MetricResult(m.aggregate(vals), m.stderr(vals, n=p.cfg.bootstrap, seed=p.cfg.seed),
                                      m.higher_is_better, m.description)
-        for key in getattr(tp.task, "breakdown", ()) or ():
+        for key in tp.task.breakdown:
             groups = [str(s.meta.get(key)) for s in tp.samples]
             breakdown.setdefault(name, {})[key] = aggregate_by(m, vals, groups)
     flops = [r.flops for r in ordered]

@@ -18,13 +18,14 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ctxlab.errors import CtxlabError
+from ctxlab.fileio import jsonable, write_json_atomic
 
 SCHEMA_VERSION = 1
 _DDL = (
@@ -57,21 +58,11 @@ class SampleRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True, default=_jsonable)
+        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True, default=jsonable)
 
     @classmethod
     def from_json(cls, text: str) -> SampleRecord:
         return cls(**json.loads(text))
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, (set, frozenset)):
-        return sorted(x)
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    if hasattr(x, "item"):
-        return x.item()
-    return repr(x)
 
 
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
@@ -187,20 +178,3 @@ class RunStore:
                 continue
             seen[key] = rec
         return Merged(sorted(seen.values(), key=lambda r: (r.task, r.index)), dup)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temporary file and rename it over `path`: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False, default=_jsonable) + "\n")
-    os.replace(tmp, path)
-
-
-def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, default=_jsonable) + "\n")
-    os.replace(tmp, path)

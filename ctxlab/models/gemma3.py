@@ -10,8 +10,8 @@ Differences from Gemma 1 (gemma.py):
 - optional final logit soft-capping (None on the released models); attention soft-capping (Gemma 2) is refused.
 
 Cache: local layers keep a ring of `window` slots (bounded memory at any context length) unless the cache is made
-with `keep_states=True`, which keeps every slot on every layer — needed to rewind (`truncate`) past the last slot
-and for frozen qTTT span passes over old context (their local queries read keys (t − window, t]).
+with `rewindable=True`, which keeps every slot on every layer — needed to rewind past the window and for frozen
+qTTT span passes over old context (their local queries read keys (t − window, t]).
 
 Shapes:  B batch · T new tokens · S visible key slots · W window · H hidden · nh / nkv query / kv heads ·
          hd head dim · V vocab.
@@ -135,18 +135,48 @@ HF_WEIGHT_MAP: dict[str, str | None] = {
 @dataclass
 class WindowedKVCache(KVCache):
     """KVCache whose sliding-window layers may hold only a ring of slots: `ring[l]` is that layer's buffer length
-    (slot s lives at s % ring[l]) or None when the layer keeps every slot (global layers; all with keep_states)."""
+    (slot s lives at s % ring[l]) or None when the layer keeps every slot (global layers; all when rewindable).
+
+    Appends overwrite ring entries of old slots, so the protocol differs from KVCache's there: `snapshot` also
+    copies the rings (a few MB), `rewind` is exact only while every ring still holds the window before the new
+    length (otherwise an error: make the cache with rewindable=True), and `copy_prefix` needs that window in the
+    source's rings."""
 
     ring: list[int | None] = field(default_factory=list)
+    window: int = 0  # the sliding window the rings serve
 
-    def truncate(self, length: int) -> WindowedKVCache:
-        """Rewind to `length`: exact only while every ring still holds the window before `length`."""
-        rings = [r for r in self.ring if r is not None and r < self.capacity]
-        if rings and self.length - length > 1:
-            raise CtxlabError(f"cannot rewind a sliding-window cache by {self.length - length} slots; make it with "
-                              "new_cache(..., keep_states=True) to rewind")
-        super().truncate(length)
+    def _rings(self) -> list[int]:
+        return [i for i, r in enumerate(self.ring) if r is not None]
+
+    def _ring_holds(self, length: int, end: int) -> bool:
+        """Whether, with `end` slots written (a ring holds slots [end − R, end)), every ring still holds the keys
+        the query in slot `length` needs: (length − W, length)."""
+        return all(end - self.ring[i] <= max(0, length - self.window + 1) for i in self._rings())
+
+    def rewind(self, length: int) -> WindowedKVCache:
+        if not self._ring_holds(length, self.length):
+            raise CtxlabError(f"cannot rewind this sliding-window cache from {self.length} to {length} slots (its "
+                              "rings no longer hold that window); make it with new_cache(..., rewindable=True)")
+        super().rewind(length)
         return self
+
+    def snapshot(self) -> tuple:
+        rings = {i: (self.k[i].clone(), self.v[i].clone()) for i in self._rings()}
+        return super().snapshot(), rings
+
+    def restore(self, snap: tuple) -> None:
+        base, rings = snap
+        for i, (k, v) in rings.items():
+            self.k[i].copy_(k)
+            self.v[i].copy_(v)
+        super().restore(base)
+
+    def copy_prefix(self, src: KVCache, n: int) -> None:
+        if not isinstance(src, WindowedKVCache) or src.ring != self.ring:
+            raise CtxlabError("copy_prefix needs a source cache of the same layout (same max_len and rewindable)")
+        if not src._ring_holds(n, src.length):
+            raise CtxlabError(f"the source cache's rings no longer hold the window before slot {n}")
+        super().copy_prefix(src, n)  # full layers: slots [0, n); ring layers: the whole ring (the window is in it)
 
 
 def sliding_attention(q: Tensor, k: Tensor, v: Tensor, q0: int, k0: int, k_valid: Tensor | None, window: int,
@@ -219,7 +249,7 @@ class Gemma3Attention(Attention):
         else:
             if k is None:
                 raise CtxlabError("frozen (qTTT) calls on Gemma 3 need a cache made with new_cache(..., "
-                                  "keep_states=True)")
+                                  "rewindable=True)")
             idx = torch.arange(lo, start, device=q.device) % ring  # ring entries of the window before `start`
             keys = torch.cat([kb[:, :, idx], k], dim=2)  # (B, nkv, S, hd), slots [lo, start+T)
             values = torch.cat([vb[:, :, idx], v], dim=2)
@@ -287,13 +317,13 @@ class Gemma3Model(LlamaModel):
         cap = self.cfg.final_logit_softcapping
         return (logits if cap is None else torch.tanh(logits / cap) * cap), cache
 
-    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None, device=None,
-                  keep_states: bool = False) -> WindowedKVCache:
-        """Preallocated cache; local layers hold a ring of `sliding_window` slots unless `keep_states` (every slot,
-        for rewinding and frozen qTTT passes)."""
+    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None, device=None, *,
+                  rewindable: bool = False) -> WindowedKVCache:
+        """Preallocated cache; local layers hold a ring of `sliding_window` slots unless `rewindable` (every slot,
+        for rewinding anywhere and frozen qTTT passes; the cache protocol's request, ctxlab/models/cache.py)."""
         cfg, p = self.cfg, self.tok_emb.weight
         dtype, device = dtype or p.dtype, device or p.device
-        ring = [None if keep_states or t == "full_attention" or max_len <= cfg.sliding_window else cfg.sliding_window
+        ring = [None if rewindable or t == "full_attention" or max_len <= cfg.sliding_window else cfg.sliding_window
                 for t in cfg.layer_types]
         shapes = [(batch, cfg.num_kv_heads, max_len if r is None else r, cfg.head_dim) for r in ring]
         return WindowedKVCache(
@@ -302,4 +332,5 @@ class Gemma3Model(LlamaModel):
             valid=torch.zeros(batch, max_len, dtype=torch.bool, device=device),
             pos=torch.zeros(batch, max_len, dtype=torch.long, device=device),
             ring=ring,
+            window=cfg.sliding_window,
         )

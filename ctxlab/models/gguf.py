@@ -18,14 +18,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from ctxlab.errors import CtxlabError
+from ctxlab.gguf_file import GGUFFile
 
 # Tensor types we read (everything `gguf.quants` dequantizes that llama.cpp writes for these models' weights).
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
@@ -97,69 +96,6 @@ _CONFIG_KEYS = {
 _TOKEN_IDS = {"bos_token_id": "bos_token_id", "eos_token_id": "eos_token_id", "padding_token_id": "pad_token_id"}
 _LAYER = re.compile(r"^blk\.(\d+)\.")
 CONFIG_TENSORS = ("rope_freqs.weight",)  # read into the config (`_rope_scaling`), not into a parameter
-
-
-# ------------------------------------------------------------------------------------------------- reading
-
-
-@dataclass
-class GGUFFile:
-    """An opened GGUF file: metadata values by key and tensors by name (data still memory-mapped)."""
-
-    path: Path
-    arch: str
-    meta: dict[str, Any]
-    tensors: dict[str, Any]  # name → gguf ReaderTensor
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.meta.get(key, default)
-
-    def arch_key(self, suffix: str, default: Any = None) -> Any:
-        return self.meta.get(f"{self.arch}.{suffix}", default)
-
-
-def is_gguf(path: str | Path) -> bool:
-    return str(path).lower().endswith(".gguf")
-
-
-def open_gguf(path: str | Path) -> GGUFFile:
-    """Open and validate a GGUF file (one-line CtxlabError on anything malformed); cached per (path, size, mtime)."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise CtxlabError(f"GGUF file not found: {p}")
-    if not p.is_file():
-        raise CtxlabError(f"{p} is not a file")
-    st = p.stat()
-    return _open_cached(str(p.resolve()), st.st_size, st.st_mtime_ns)
-
-
-@lru_cache(maxsize=2)
-def _open_cached(path: str, size: int, mtime: int) -> GGUFFile:
-    from gguf import GGUFReader
-
-    p = Path(path)
-    with p.open("rb") as f:
-        if f.read(4) != b"GGUF":
-            raise CtxlabError(f"{p.name} is not a GGUF file (bad magic bytes)")
-    try:
-        reader = GGUFReader(p)
-    except Exception as e:  # noqa: BLE001 - the reader raises ValueError/IndexError/etc. on damaged files
-        raise CtxlabError(f"corrupt or truncated GGUF file {p.name}: {type(e).__name__}: {str(e)[:120]}") from None
-    meta: dict[str, Any] = {}
-    for key, f in reader.fields.items():
-        try:
-            meta[key] = f.contents()
-        except Exception as e:  # noqa: BLE001
-            raise CtxlabError(f"corrupt GGUF metadata {key!r} in {p.name}: {e}") from None
-    tensors = {}
-    for t in reader.tensors:
-        if t.data_offset + t.n_bytes > size or t.data.nbytes != t.n_bytes:
-            raise CtxlabError(f"truncated GGUF file {p.name}: tensor {t.name} extends past the end of the file")
-        tensors[t.name] = t
-    arch = meta.get("general.architecture")
-    if not isinstance(arch, str):
-        raise CtxlabError(f"{p.name} has no general.architecture metadata")
-    return GGUFFile(p, arch, meta, tensors)
 
 
 def arch_of(g: GGUFFile) -> Arch:
@@ -312,10 +248,3 @@ def hf_tensors(g: GGUFFile, config: dict[str, Any], dtype: torch.dtype,
             return torch.from_numpy(np.ascontiguousarray(arr)).to(device=device, dtype=dtype)
 
         yield name, None if hf is None else hf.format(*idx), load
-
-
-def tensor_type_counts(g: GGUFFile) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for t in g.tensors.values():
-        counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
-    return counts

@@ -15,10 +15,10 @@ gives the true state entering every chunk; pass 2 reruns all chunks from those s
 resets (a_t = 0) and tiny a_t are exact and nothing can overflow; Python steps are ≈2√T instead of T. (Log-space
 cumsum and Hillis–Steele variants were measured 5-30x slower on CPU at L = 2560.) `scan_loop` is the reference.
 
-Cache (`GriffinCache`, fixed size): per recurrent layer the last cw−1 conv inputs (B, L, cw−1) in the activation
-dtype and the RG-LRU state (B, L) in fp32; per attention layer a ring buffer of the last W keys/values (slot s at
-s % W) with real-token flags. Its size does not depend on the sequence length. Calls append; `truncate` can rewind
-only to a slot whose entering state is still in the span history (below).
+Cache (`GriffinCache` in cache.py, fixed size): per recurrent layer the last cw−1 conv inputs (B, L, cw−1) in the
+activation dtype and the RG-LRU state (B, L) in fp32; per attention layer a ring buffer of the last W keys/values
+(slot s at s % W) with real-token flags. Its size does not depend on the sequence length. Calls append; `rewind` can
+go back only to a slot whose entering state is still in the span history (below).
 
 qTTT (`frozen=True`). A span pass over slots [start, start+T) needs what the prefill saw there: the recurrent
 state entering `start` and the keys/values of slots [start−W+1, start+T). `new_cache(..., keep_states=N)` therefore
@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctxlab.errors import CtxlabError
+from ctxlab.models.cache import GriffinCache, ring_read, token_positions
 from ctxlab.models.layers import (
     GatedMLP,
     GemmaRMSNorm,
@@ -52,7 +53,6 @@ from ctxlab.models.layers import (
     apply_rope,
     attend,
     rope_from_hf,
-    token_positions,
 )
 
 BLOCK_TYPES = ("recurrent", "attention")
@@ -232,202 +232,6 @@ class _SqrtBounded(torch.autograd.Function):
 
 
 # ------------------------------------------------------------------------------------------------------ cache
-
-
-def _ring_read(buf: Tensor, dim: int, lo: int, hi: int) -> Tensor:
-    """Slots [lo, hi) of a ring buffer (slot s lives at s % size along `dim`), in slot order (a copy)."""
-    idx = torch.arange(lo, hi, device=buf.device) % buf.shape[dim]
-    return buf.index_select(dim, idx)
-
-
-def _ring_write(buf: Tensor, dim: int, start: int, new: Tensor) -> None:
-    """Store `new` (slots [start, start+n) along `dim`) into a ring buffer; only the last `size` slots survive."""
-    n, size = new.shape[dim], buf.shape[dim]
-    m = min(n, size)
-    idx = torch.arange(start + n - m, start + n, device=buf.device) % size
-    buf.index_copy_(dim, idx, new.narrow(dim, n - m, m).detach().to(buf.dtype))
-
-
-@dataclass
-class SpanHistory:
-    """Per-slot states of the last K slots (ring buffer, slot s at s % K) for frozen (qTTT) span calls.
-    Lists are indexed by layer; entries of the other block type are None."""
-
-    u: list[Tensor | None]  # recurrent: (B, K, L) conv inputs, activation dtype
-    h: list[Tensor | None]  # recurrent: (B, K, L) RG-LRU state after each slot, fp32
-    k: list[Tensor | None]  # attention: (B, nkv, K, hd)
-    v: list[Tensor | None]
-    valid: Tensor  # (B, K) real-token flags
-    pos: Tensor  # (B, K) positions
-
-    @property
-    def keep(self) -> int:
-        return self.valid.shape[1]
-
-
-@dataclass
-class GriffinCache:
-    """Fixed-size decode state (see the module docstring). Lists are indexed by layer (None = other block type).
-    `length` counts filled slots (padding included), `seen` the real tokens per row (= the next position)."""
-
-    conv: list[Tensor | None]  # recurrent: (B, L, cw−1) last conv inputs, activation dtype
-    lru: list[Tensor | None]  # recurrent: (B, L) fp32
-    k: list[Tensor | None]  # attention: (B, nkv, W, hd) ring buffer
-    v: list[Tensor | None]
-    ring_valid: Tensor  # (B, W) real-token flag of each ring entry
-    seen: Tensor  # (B,)
-    max_len: int
-    length: int = 0
-    padded: bool = False  # some slot holds left padding → attention masks must consult the flags
-    hist: SpanHistory | None = None
-    hist_end: int = 0  # slots below this were written to the history (only the last K survive)
-
-    @classmethod
-    def allocate(
-        cls, cfg: GriffinConfig, batch: int, max_len: int, dtype: torch.dtype, device, keep: int = 0
-    ) -> GriffinCache:
-        B, L, cw, W = batch, cfg.lru_width, cfg.conv1d_width, cfg.attention_window_size
-        kv = (B, cfg.num_kv_heads, W, cfg.head_dim)
-        rec = [t == "recurrent" for t in cfg.layer_types]
-
-        def per_layer(make, want: bool) -> list[Tensor | None]:
-            return [make() if r == want else None for r in rec]
-
-        hist = None
-        if keep:
-            hk = (B, cfg.num_kv_heads, keep, cfg.head_dim)
-            hist = SpanHistory(
-                u=per_layer(lambda: torch.zeros(B, keep, L, dtype=dtype, device=device), True),
-                h=per_layer(lambda: torch.zeros(B, keep, L, dtype=torch.float32, device=device), True),
-                k=per_layer(lambda: torch.zeros(hk, dtype=dtype, device=device), False),
-                v=per_layer(lambda: torch.zeros(hk, dtype=dtype, device=device), False),
-                valid=torch.zeros(B, keep, dtype=torch.bool, device=device),
-                pos=torch.zeros(B, keep, dtype=torch.long, device=device),
-            )
-        return cls(
-            conv=per_layer(lambda: torch.zeros(B, L, cw - 1, dtype=dtype, device=device), True),
-            lru=per_layer(lambda: torch.zeros(B, L, dtype=torch.float32, device=device), True),
-            k=per_layer(lambda: torch.zeros(kv, dtype=dtype, device=device), False),
-            v=per_layer(lambda: torch.zeros(kv, dtype=dtype, device=device), False),
-            ring_valid=torch.zeros(B, W, dtype=torch.bool, device=device),
-            seen=torch.zeros(B, dtype=torch.long, device=device),
-            max_len=max_len,
-            hist=hist,
-        )
-
-    @property
-    def capacity(self) -> int:
-        return self.max_len
-
-    @property
-    def batch(self) -> int:
-        return self.seen.shape[0]
-
-    @property
-    def window(self) -> int:
-        return self.ring_valid.shape[1]
-
-    def nbytes(self, history: bool = True) -> int:
-        ts = [t for t in (*self.conv, *self.lru, *self.k, *self.v, self.ring_valid, self.seen) if t is not None]
-        if history and self.hist is not None:
-            h = self.hist
-            ts += [t for t in (*h.u, *h.h, *h.k, *h.v, h.valid, h.pos) if t is not None]
-        return sum(t.numel() * t.element_size() for t in ts)
-
-    def truncate(self, length: int) -> GriffinCache:
-        """Forget slots past `length` by restoring the state entering slot `length` from the span history (the
-        qTTT driver rewinds to the prompt after decoding). Possible for lengths in frozen_range()."""
-        if length == self.length:
-            return self
-        lo, hi = self.frozen_range()
-        if not lo <= length <= hi or self.hist is None:
-            raise CtxlabError(f"cannot rewind this RecurrentGemma cache to {length} slots (possible: [{lo}, {hi}]; "
-                              "rewinding needs new_cache(..., keep_states=...))")
-        w0 = max(0, length - self.window + 1)  # the ring gets back the keys of the window before `length`
-        for i in range(len(self.conv)):
-            if self.conv[i] is not None:
-                self.conv[i], self.lru[i] = self.read_state(i, length, from_history=True)
-            else:
-                _ring_write(self.k[i], 2, w0, _ring_read(self.hist.k[i], 2, w0, length))
-                _ring_write(self.v[i], 2, w0, _ring_read(self.hist.v[i], 2, w0, length))
-        _ring_write(self.ring_valid, 1, w0, _ring_read(self.hist.valid, 1, w0, length))
-        self.seen = torch.zeros_like(self.seen)
-        if length > 0:  # real tokens so far = last position + 1 (0 if the row is still in its left padding)
-            h = self.hist
-            last_valid, last_pos = (_ring_read(t, 1, length - 1, length)[:, 0] for t in (h.valid, h.pos))
-            self.seen = torch.where(last_valid, last_pos + 1, 0)
-        self.length = length
-        return self
-
-    def frozen_range(self) -> tuple[int, int]:
-        """(first start, end) of the slots a frozen (qTTT) call may cover (also the lengths `truncate` can rewind
-        to): the history must still hold the window's keys before `start` and the states entering it."""
-        if self.hist is None:
-            return self.length, self.length
-        lo = self.hist_end - self.hist.keep  # older slots were overwritten in the history ring
-        if lo <= 0:
-            return 0, self.length
-        cw1 = max((c.shape[2] for c in self.conv if c is not None), default=0)
-        return min(lo + max(self.window - 1, cw1, 1), self.length), self.length
-
-    # ---- recurrent layers
-    def read_state(self, layer: int, start: int, from_history: bool) -> tuple[Tensor, Tensor]:
-        """(conv inputs (B, L, cw−1), RG-LRU state (B, L)) entering slot `start`: live, or from the history."""
-        if not from_history:
-            return self.conv[layer], self.lru[layer]
-        conv = self.conv[layer]
-        u = torch.zeros_like(conv)  # (B, L, cw−1); slots before 0 are the conv's zero padding
-        cw1 = conv.shape[2]
-        lo = max(0, start - cw1)
-        if start > lo:
-            u[:, :, cw1 - (start - lo) :] = _ring_read(self.hist.u[layer], 1, lo, start).transpose(1, 2)
-        h = torch.zeros_like(self.lru[layer])  # (B, L)
-        if start > 0:
-            h = _ring_read(self.hist.h[layer], 1, start - 1, start)[:, 0]
-        return u, h
-
-    def write_state(self, layer: int, start: int, u: Tensor, conv: Tensor, h: Tensor) -> None:
-        """u (B, T, L) conv inputs, conv (B, L, cw−1) new conv state, h (B, T, L) fp32 states of slots [start, ...)."""
-        self.conv[layer] = conv.detach()
-        self.lru[layer] = h[:, -1].detach()
-        if self.hist is not None:
-            _ring_write(self.hist.u[layer], 1, start, u)
-            _ring_write(self.hist.h[layer], 1, start, h)
-
-    # ---- attention layers
-    def append_kv(self, layer: int, start: int, k: Tensor, v: Tensor, valid: Tensor | None):
-        """Prepend the stored keys of the window before `start` to the new k/v (B, nkv, T, hd), then store the new
-        ones. Returns (k, v (B, nkv, S, hd), key flags (B, S) or None, first key slot)."""
-        lo = max(0, start - self.window + 1)
-        past_k, past_v = _ring_read(self.k[layer], 2, lo, start), _ring_read(self.v[layer], 2, lo, start)
-        k_valid = None
-        if self.padded or valid is not None:
-            new_valid = valid if valid is not None else k.new_ones(k.shape[0], k.shape[2], dtype=torch.bool)
-            k_valid = torch.cat([_ring_read(self.ring_valid, 1, lo, start), new_valid], dim=1)  # (B, S)
-        _ring_write(self.k[layer], 2, start, k)
-        _ring_write(self.v[layer], 2, start, v)
-        if self.hist is not None:
-            _ring_write(self.hist.k[layer], 2, start, k)
-            _ring_write(self.hist.v[layer], 2, start, v)
-        return torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2), k_valid, lo
-
-    def stored_kv(self, layer: int, start: int, end: int):
-        """Frozen call: the prefill's keys/values of slots [start−W+1, end) from the history."""
-        lo = max(0, start - self.window + 1)
-        k, v = _ring_read(self.hist.k[layer], 2, lo, end), _ring_read(self.hist.v[layer], 2, lo, end)
-        return k, v, _ring_read(self.hist.valid, 1, lo, end) if self.padded else None, lo
-
-    def commit(self, start: int, pos: Tensor, valid: Tensor | None) -> None:
-        """Bookkeeping after every layer of an appending call over slots [start, start+T) has run."""
-        flags = valid if valid is not None else torch.ones_like(pos, dtype=torch.bool)  # (B, T)
-        _ring_write(self.ring_valid, 1, start, flags)
-        if self.hist is not None:
-            _ring_write(self.hist.valid, 1, start, flags)
-            _ring_write(self.hist.pos, 1, start, pos)
-        self.seen = self.seen + flags.sum(-1)
-        self.padded = self.padded or valid is not None
-        self.length = start + pos.shape[1]
-        self.hist_end = max(self.hist_end, self.length)
 
 
 @dataclass(frozen=True)
@@ -639,13 +443,14 @@ class GriffinModel(nn.Module):
             raise CtxlabError(f"batch size {B} does not match the cache's batch size {cache.batch}")
         if frozen:
             if cache.hist is None:
-                raise CtxlabError("frozen (qTTT) calls need a cache made with new_cache(..., keep_states=...)")
+                raise CtxlabError("frozen (qTTT) calls need a cache made with new_cache(..., rewindable=True) or "
+                                  "keep_states=N")
             start = cache.length - T if start is None else start
             lo, hi = cache.frozen_range()
             if start < lo or start + T > hi or T < 1:
                 raise CtxlabError(f"frozen call over slots [{start}, {start + T}) outside the kept range [{lo}, {hi})")
-            pos = _ring_read(cache.hist.pos, 1, start, start + T)
-            flags = _ring_read(cache.hist.valid, 1, start, start + T) if cache.padded else None
+            pos = ring_read(cache.hist.pos, 1, start, start + T)
+            flags = ring_read(cache.hist.valid, 1, start, start + T) if cache.padded else None
             return _Step(cache, start, pos, flags, True)
         start = cache.length if start is None else start
         if start != cache.length:
@@ -655,13 +460,15 @@ class GriffinModel(nn.Module):
         return _Step(cache, start, token_positions(valid, cache.seen, B, T, ids.device), valid, False)
 
     def new_cache(
-        self, batch: int, max_len: int, dtype: torch.dtype | None = None, device=None, keep_states: bool | int = False
+        self, batch: int, max_len: int, dtype: torch.dtype | None = None, device=None, *, rewindable: bool = False,
+        keep_states: bool | int = False,
     ) -> GriffinCache:
         """A fixed-size cache for `batch` rows and up to `max_len` slots. keep_states: record per-slot states of the
-        last N slots for frozen (qTTT) span calls (True = all max_len slots; see the module docstring for the cost)."""
+        last N slots for frozen (qTTT) span calls (True = all max_len slots; see the module docstring for the cost);
+        rewindable=True is keep_states=True (the cache protocol's request, ctxlab/models/cache.py)."""
         if not 0 < max_len <= self.max_context:
             raise CtxlabError(f"max_len must be in [1, {self.max_context}], got {max_len}")
-        keep = max_len if keep_states is True else int(keep_states)
+        keep = max_len if keep_states is True or rewindable else int(keep_states)
         if keep < 0:
             raise CtxlabError(f"keep_states must be >= 0, got {keep_states}")
         p = self.tok_emb.weight

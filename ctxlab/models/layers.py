@@ -139,35 +139,6 @@ class GatedMLP(nn.Module):
 # -------------------------------------------------------------------------------------------------- attention
 
 
-def token_positions(valid: Tensor | None, start_counts: Tensor | None, B: int, T: int, device) -> Tensor:
-    """RoPE positions (B, T) of new tokens: the count of real tokens before each one (pads get position 0)."""
-    if valid is None:
-        base = torch.arange(T, device=device)[None].expand(B, T)  # (B, T)
-        return base if start_counts is None else base + start_counts[:, None]
-    pos = valid.long().cumsum(-1) - 1  # (B, T)
-    if start_counts is not None:
-        pos = pos + start_counts[:, None]
-    return pos.clamp_min(0)
-
-
-def build_mask(
-    q_pos: Tensor, k_pos: Tensor, k_valid: Tensor | None, start: int, chunk: int | None = None
-) -> Tensor:
-    """Boolean mask (B, 1, T, S): key slot j is visible to the query in slot start+i iff j <= start+i, the key is
-    a real token and (for chunked attention) both positions fall in the same chunk. A query always sees itself,
-    so rows of left-padding never become all -inf (their outputs are ignored)."""
-    T, S = q_pos.shape[1], k_pos.shape[1]
-    q_slot = torch.arange(start, start + T, device=q_pos.device)[:, None]  # (T, 1)
-    k_slot = torch.arange(S, device=q_pos.device)[None, :]  # (1, S)
-    allowed = (k_slot <= q_slot)[None]  # (1, T, S)
-    if k_valid is not None:
-        allowed = allowed & k_valid[:, None, :]  # (B, T, S)
-    if chunk is not None:
-        allowed = allowed & ((q_pos[:, :, None] // chunk) == (k_pos[:, None, :] // chunk))  # (B, T, S)
-    allowed = allowed | (k_slot == q_slot)[None]
-    return allowed[:, None]  # (B, 1, T, S)
-
-
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float | None) -> Tensor:
     """SDPA over q (B, nh, T, hd) and k/v (B, nkv, S, hd) with grouped-query heads; returns (B, nh, T, hd)."""
     if q.shape[2] == 1 and not causal and q.device.type == "cpu":
@@ -205,14 +176,11 @@ def cached_attention(
 ) -> Tensor:
     """Write this call's keys/values into `cache` (unless k is None: a frozen-cache pass that only reads) and
     attend over slots [0, start+T). Without a cache, attend over k/v directly."""
-    T = q.shape[2]
     if cache is None:
         return attend(q, k, v, mask, causal, scale)
     if k is not None:
-        cache.k[layer][:, :, start : start + T] = k
-        cache.v[layer][:, :, start : start + T] = v
-    end = start + T
-    return attend(q, cache.k[layer][:, :, :end], cache.v[layer][:, :, :end], mask, causal, scale)
+        cache.write(layer, start, k, v)
+    return attend(q, *cache.read(layer, start + q.shape[2]), mask, causal, scale)
 
 
 def rope_from_hf(d: dict) -> tuple[float, dict | None]:

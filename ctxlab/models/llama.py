@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctxlab.errors import CtxlabError
-from ctxlab.models.cache import KVCache, Step, plan_step
+from ctxlab.models.cache import KVCache, Mask, Step, plan_step
 from ctxlab.models.layers import GatedMLP, RMSNorm, RoPE, apply_rope, cached_attention, rope_from_hf
 
 
@@ -119,6 +119,11 @@ HF_WEIGHT_MAP: dict[str, str | None] = {
 
 
 class Attention(nn.Module):
+    """GQA attention. Variants override the hooks, not `forward`: `qk_transform` (rotation, QK-norm, query scaling)
+    and `mask_key` (which of the model's step masks this layer uses; None = the plain causal one)."""
+
+    mask_key: int | None = None
+
     def __init__(self, cfg: LlamaConfig, layer: int):
         super().__init__()
         self.layer, self.nh, self.nkv, self.hd = layer, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -127,34 +132,42 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.hidden_size, self.nkv * self.hd, bias=cfg.attention_bias)
         self.wo = nn.Linear(self.nh * self.hd, cfg.hidden_size, bias=cfg.attention_bias)
 
-    def qk_transform(self, q: Tensor, k: Tensor | None, rope: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None]:
-        """Llama: rotate-half RoPE on q and k. Subclasses add QK-norm etc."""
+    def qk_transform(
+        self, q: Tensor, k: Tensor | None, rope: tuple[Tensor, Tensor], step: Step
+    ) -> tuple[Tensor, Tensor | None]:
+        """Llama: rotate-half RoPE on q (B, nh, T, hd) and k (B, nkv, T, hd; None on a frozen call)."""
         cos, sin = rope
         return apply_rope(q, cos, sin), None if k is None else apply_rope(k, cos, sin)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], step: Step, cache: KVCache | None) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], step: Step, cache: KVCache | None,
+                masks: dict[int | None, Mask]) -> Tensor:
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.nh, self.hd).transpose(1, 2)  # (B, nh, T, hd)
         k = v = None
         if step.write:  # a frozen-cache call (qTTT) reuses the stored keys/values and computes only queries
             k = self.wk(x).view(B, T, self.nkv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
             v = self.wv(x).view(B, T, self.nkv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
-        q, k = self.qk_transform(q, k, rope)
-        mask, causal = step.mask()
+        q, k = self.qk_transform(q, k, rope, step)
+        mask, causal = masks[self.mask_key]
         o = cached_attention(q, k, v, cache, self.layer, step.start, mask, causal)  # (B, nh, T, hd)
         return self.wo(o.transpose(1, 2).reshape(B, T, self.nh * self.hd))  # (B, T, nh*hd) → (B, T, H)
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: LlamaConfig, layer: int, attn_cls: type[Attention], norm_cls: type[nn.Module]):
+    """x += attn(norm(x)); x += ffn(norm(x)). `ffn` defaults to the config's gated MLP (Llama 4 passes its MoE)."""
+
+    def __init__(self, cfg: LlamaConfig, layer: int, attn_cls: type[Attention], norm_cls: type[nn.Module],
+                 ffn: nn.Module | None = None):
         super().__init__()
         self.attn_norm = norm_cls(cfg.hidden_size, cfg.rms_norm_eps)
         self.attn = attn_cls(cfg, layer)
         self.ffn_norm = norm_cls(cfg.hidden_size, cfg.rms_norm_eps)
-        self.ffn = GatedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act, bias=cfg.mlp_bias)
+        self.ffn = ffn if ffn is not None else GatedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act,
+                                                        bias=cfg.mlp_bias)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], step: Step, cache: KVCache | None) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, step, cache)
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], step: Step, cache: KVCache | None,
+                masks: dict[int | None, Mask]) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, step, cache, masks)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -189,6 +202,14 @@ class LlamaModel(nn.Module):
         w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(h, w)  # (B, T, V)
 
+    def rope_tables(self, pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """cos, sin for the RoPE positions pos (B, T) of this call."""
+        return self.rope.cos_sin(pos, dtype)
+
+    def step_masks(self, step: Step) -> dict[int | None, Mask]:
+        """One (mask, is_causal) per attention kind (`Attention.mask_key`), built once per call."""
+        return {None: step.mask()}
+
     def forward(
         self,
         ids: Tensor,
@@ -203,14 +224,17 @@ class LlamaModel(nn.Module):
         [start, start+T) that computes queries only; `last_only` returns logits (B, 1, V) of the last token."""
         step = plan_step(ids, cache, valid, start, frozen)
         x = self.embed(ids)
-        rope = self.rope.cos_sin(step.pos, x.dtype)
+        rope = self.rope_tables(step.pos, x.dtype)
+        masks = self.step_masks(step)
         for block in self.blocks:
-            x = block(x, rope, step, cache)
+            x = block(x, rope, step, cache, masks)
         if last_only:
             x = x[:, -1:]
         return self.head(self.norm(x)), cache
 
-    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None, device=None) -> KVCache:
+    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None, device=None, *,
+                  rewindable: bool = False) -> KVCache:
+        """A preallocated KV cache; KV caches always rewind (`rewindable` is part of the cache protocol)."""
         p = self.tok_emb.weight
         return KVCache.allocate(
             self.cfg.num_layers, batch, max_len, self.cfg.num_kv_heads, self.cfg.head_dim,

@@ -31,17 +31,14 @@ import torch
 from torch import Tensor, nn
 
 from ctxlab.errors import CtxlabError
-from ctxlab.models.cache import KVCache, Step, plan_step
+from ctxlab.models.cache import Mask, Step
 from ctxlab.models.layers import (
     GatedMLP,
     RMSNorm,
     activation,
     apply_rope_interleaved,
-    cached_attention,
 )
-from ctxlab.models.llama import Attention, LlamaConfig, LlamaModel
-
-Mask = tuple[Tensor | None, bool]  # (SDPA mask, is_causal) as returned by Step.mask
+from ctxlab.models.llama import Attention, Block, LlamaConfig, LlamaModel
 
 
 @dataclass(frozen=True)
@@ -198,18 +195,12 @@ class Llama4Attention(Attention):
         self.use_rope = bool(cfg.no_rope_layers[layer])
         self.qk_norm = cfg.use_qk_norm and self.use_rope
         self.temperature = cfg.attn_temperature_tuning and not self.use_rope
-        self.chunk = cfg.attention_chunk_size if cfg.layer_types[layer] == "chunked_attention" else None
+        self.mask_key = cfg.attention_chunk_size if cfg.layer_types[layer] == "chunked_attention" else None
         self.eps, self.floor_scale, self.attn_scale = cfg.rms_norm_eps, cfg.floor_scale, cfg.attn_scale
 
-    def forward(  # type: ignore[override]
-        self, x: Tensor, rope: tuple[Tensor, Tensor], step: Step, cache: KVCache | None, masks: dict[int | None, Mask]
-    ) -> Tensor:
-        B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.nh, self.hd).transpose(1, 2)  # (B, nh, T, hd)
-        k = v = None
-        if step.write:  # a frozen-cache call (qTTT) reuses the stored keys/values and computes only queries
-            k = self.wk(x).view(B, T, self.nkv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
-            v = self.wv(x).view(B, T, self.nkv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
+    def qk_transform(
+        self, q: Tensor, k: Tensor | None, rope: tuple[Tensor, Tensor], step: Step
+    ) -> tuple[Tensor, Tensor | None]:
         if self.use_rope:
             cos, sin = rope
             q = apply_rope_interleaved(q, cos, sin)
@@ -221,9 +212,7 @@ class Llama4Attention(Attention):
             # fp32 scale per token from its absolute position; pos (B, T) → (B, 1, T, 1)
             scale = torch.log1p(torch.floor((step.pos.float() + 1.0) / self.floor_scale)) * self.attn_scale + 1.0
             q = (q * scale[:, None, :, None]).to(q.dtype)
-        mask, causal = masks[self.chunk]
-        o = cached_attention(q, k, v, cache, self.layer, step.start, mask, causal)  # (B, nh, T, hd)
-        return self.wo(o.transpose(1, 2).reshape(B, T, self.nh * self.hd))  # (B, T, nh*hd) → (B, T, H)
+        return q, k
 
 
 class Experts(nn.Module):
@@ -275,59 +264,26 @@ class MoE(nn.Module):
         return (self.shared(h) + self.experts(h, top_i, score)).view_as(x)  # (N, H) → (B, T, H)
 
 
-class Llama4Block(nn.Module):
-    def __init__(self, cfg: Llama4Config, layer: int):
-        super().__init__()
-        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.attn = Llama4Attention(cfg, layer)
-        self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.is_moe = layer in cfg.moe_layers
-        self.ffn = MoE(cfg) if self.is_moe else GatedMLP(cfg.hidden_size, cfg.intermediate_size_mlp, cfg.hidden_act)
-
-    def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor], step: Step, cache: KVCache | None, masks: dict[int | None, Mask]
-    ) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, step, cache, masks)
-        return x + self.ffn(self.ffn_norm(x))
-
-
 class Llama4Model(LlamaModel):
-    """Llama 4 text causal LM: LlamaModel's shell (embedding, final norm, head, cache) over Llama 4 blocks, with the
-    interleaved rotation and one mask per attention kind in `forward`."""
+    """Llama 4 text causal LM: LlamaModel's forward, embedding, final norm, head and cache over Llama blocks with
+    Llama 4 attention and MoE, through the hooks: interleaved rotation tables and one mask per attention kind."""
 
     config_cls = Llama4Config
     hf_weight_map = HF_WEIGHT_MAP
     hf_key_rename = staticmethod(hf_key_rename)
 
     def make_block(self, cfg: Llama4Config, layer: int) -> nn.Module:
-        return Llama4Block(cfg, layer)
+        dense = GatedMLP(cfg.hidden_size, cfg.intermediate_size_mlp, cfg.hidden_act)
+        return Block(cfg, layer, Llama4Attention, RMSNorm, ffn=MoE(cfg) if layer in cfg.moe_layers else dense)
 
-    def rope_tables(self, pos: Tensor) -> tuple[Tensor, Tensor]:
+    def rope_tables(self, pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """pos (B, T) → fp32 cos, sin (B, 1, T, hd/2) for the interleaved rotation (HF keeps freqs_cis in fp32)."""
         freqs = pos[..., None].float() * self.rope.inv_freq(pos.device)  # (B, T, hd/2)
         return freqs.cos()[:, None], freqs.sin()[:, None]
 
-    def forward(
-        self,
-        ids: Tensor,
-        cache: KVCache | None = None,
-        valid: Tensor | None = None,
-        *,
-        start: int | None = None,
-        frozen: bool = False,
-        last_only: bool = False,
-    ) -> tuple[Tensor, KVCache | None]:
-        """ids (B, T); valid (B, T) False on left padding; `frozen` = qTTT pass over existing cache slots
-        [start, start+T) that computes queries only; `last_only` returns logits (B, 1, V) of the last token."""
-        step = plan_step(ids, cache, valid, start, frozen)
-        x = self.tok_emb(ids)  # (B, T, H)
-        rope = self.rope_tables(step.pos)
-        masks = {c: step.mask(chunk=c) for c in {b.attn.chunk for b in self.blocks}}  # one per attention kind
-        for block in self.blocks:
-            x = block(x, rope, step, cache, masks)
-        if last_only:
-            x = x[:, -1:]
-        return self.head(self.norm(x)), cache  # (B, T, V)
+    def step_masks(self, step: Step) -> dict[int | None, Mask]:
+        """One mask per attention kind: chunked (RoPE layers) and full causal (NoPE layers)."""
+        return {c: step.mask(chunk=c) for c in {b.attn.mask_key for b in self.blocks}}
 
     def active_parameters(self) -> int:
         """Parameters used per token (read by ctxlab.modelinfo); see `parameter_counts`."""

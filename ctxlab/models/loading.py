@@ -24,8 +24,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ctxlab.errors import CtxlabError
+from ctxlab.gguf_file import is_gguf, open_gguf
 from ctxlab.models import gguf, model_class
-from ctxlab.models.gguf import is_gguf
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -117,7 +117,7 @@ def read_json(path: Path) -> dict:
 def read_hf_config(path: Path) -> dict:
     """The HF config dict of a checkpoint directory, or the one a GGUF file's metadata describes."""
     if is_gguf(path):
-        return gguf.hf_config(gguf.open_gguf(path))
+        return gguf.hf_config(open_gguf(path))
     cfg = read_json(path / "config.json")
     if cfg.get("model_type") == "llama4" and "text_config" in cfg:  # multimodal: the language model's config
         cfg = {**cfg["text_config"], "model_type": "llama4_text", "_multimodal": True}
@@ -250,7 +250,7 @@ def check_checkpoint(model: str | os.PathLike) -> Path:
     """Resolve a checkpoint and check its config, tokenizer and weight files without reading any weights."""
     path = resolve_model_path(model)
     if is_gguf(path):
-        g = gguf.open_gguf(path)
+        g = open_gguf(path)
         if g.get("tokenizer.ggml.model") is None:
             raise CtxlabError(f"{path.name} has no tokenizer metadata (tokenizer.ggml.*)")
     elif not (path / "tokenizer.json").is_file():
@@ -271,7 +271,7 @@ def load_model(model: str | os.PathLike, dtype: str | None = None, device: str =
     with torch.device("meta"):
         m = cls(cfg)
     if is_gguf(path):
-        g = gguf.open_gguf(path)
+        g = open_gguf(path)
         assign_weights(m, gguf.hf_tensors(g, hf_config, torch_dtype, device))
         notices: list[str] = []
         gen = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in hf_config}
@@ -347,9 +347,9 @@ def save_model(
     else:
         weight_map = {}
         for i, shard in enumerate(shards):
-            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, str(out / name), metadata=meta)
-            weight_map.update({k: name for k in shard})
+            shard_file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"  # not `name`: the model's name
+            save_file(shard, str(out / shard_file), metadata=meta)
+            weight_map.update({k: shard_file for k in shard})
         total = sum(t.numel() * t.element_size() for t in tensors.values())
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))

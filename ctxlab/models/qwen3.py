@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from ctxlab.models.cache import Step
 from ctxlab.models.layers import RMSNorm, apply_rope
 from ctxlab.models.llama import HF_WEIGHT_MAP as LLAMA_MAP
 from ctxlab.models.llama import Attention, LlamaConfig, LlamaModel
@@ -39,7 +40,9 @@ class Qwen3Attention(Attention):
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
 
-    def qk_transform(self, q: Tensor, k: Tensor | None, rope: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None]:
+    def qk_transform(
+        self, q: Tensor, k: Tensor | None, rope: tuple[Tensor, Tensor], step: Step
+    ) -> tuple[Tensor, Tensor | None]:
         cos, sin = rope
         q = apply_rope(self.q_norm(q), cos, sin)  # norm over hd of (B, nh, T, hd), then rotate
         return q, None if k is None else apply_rope(self.k_norm(k), cos, sin)

@@ -12,7 +12,7 @@ Semantics follow OpenAI's API (and vLLM where OpenAI is silent):
 - vLLM's extensions `chat_template_kwargs` (chat: extra template variables, e.g. {"enable_thinking": false}) and
   `skip_special_tokens` (default true: special tokens are dropped from the text);
 - the extension `"ctxlab": {"qttt": {"steps": N, "span": k, "lr": lr, "seed": s, "region": "prompt" | [lo, hi],
-  "probe": bool}}` answers after adapting W_Q on the request's own prompt (see ctxlab/ttt/qttt.py). The server's
+  "probe": bool}}` answers after adapting W_Q on the request's own prompt (see ctxlab/strategies/qttt.py). The server's
   default region is the whole prompt: a request has no separate "context" part.
 """
 
@@ -26,7 +26,7 @@ from ctxlab.engine.generate import fit_prompts
 from ctxlab.engine.sampling import SamplingParams
 from ctxlab.errors import CtxlabError
 from ctxlab.serve.model import ServedModel
-from ctxlab.ttt.qttt import QTTTConfig, resolve_region
+from ctxlab.strategies.qttt import QTTTConfig, resolve_region
 
 MAX_STOP = 4
 ROLES = ("system", "developer", "user", "assistant", "tool")

@@ -301,9 +301,9 @@ class Worker:
         job.emit(Failed(SHUTTING_DOWN) if job.cancelled and self._stopping else Done(extra or {}))
 
     def _run_qttt(self, job: Job) -> None:
-        from ctxlab.ttt.flops import ArchCost
-        from ctxlab.ttt.qttt import qttt_answer
-        from ctxlab.ttt.strategies import qttt_flops
+        from ctxlab.strategies.flops import ArchCost
+        from ctxlab.strategies.qttt import qttt_answer
+        from ctxlab.strategies.qttt_strategy import qttt_flops
 
         (choice,) = job.request.choices
         stop = self.served.stop_criteria(job.request.stop)

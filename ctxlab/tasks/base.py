@@ -7,11 +7,12 @@ Every task family lives in one file under `ctxlab/tasks/` and exposes `TASKS: li
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ctxlab.errors import CtxlabError
+from ctxlab.tasks.truncation import TokenizerLike
 
 CARD_SECTIONS = ("overview", "context", "curation", "gem", "results", "considerations")
 
@@ -51,9 +52,17 @@ class Sample:
 CountTokens = Callable[[str], int]
 
 
+TRUNCATIONS = ("left_context", "middle", "keep_query")
+
+
 @dataclass(frozen=True)
 class Task:
-    """Base class: subclasses override `samples`, `prompt` and `score` (and `parse` when answers need parsing)."""
+    """Base class: subclasses override `samples`, `prompt` and `score` (and `parse` when answers need parsing).
+
+    What the eval runner reads from every task (declared here, overridden by families that differ): the answer budget
+    `max_new_tokens` (None = the runner's default), the sampling `temperature`, the `truncation` policy and its
+    `fit_to` (how a prompt is cut to a token budget), the meta keys to `breakdown` scores by, and `metric(name)` for
+    metrics of the task's own (None = the registry in ctxlab/tasks/metrics.py)."""
 
     name: str
     version: str
@@ -61,6 +70,10 @@ class Task:
     metrics: tuple[str, ...]
     languages: tuple[str, ...] = ("en",)
     needs_data_dir: bool = False
+    max_new_tokens: int | None = None
+    temperature: float = 0.0
+    truncation: str = "left_context"  # one of TRUNCATIONS: oldest context tokens cut; middle; query kept whole
+    breakdown: tuple[str, ...] = ()
 
     def samples(self, data_dir: Path | None) -> Iterator[Sample]:
         raise NotImplementedError
@@ -76,6 +89,28 @@ class Task:
     def score(self, prediction: Any, sample: Sample) -> dict[str, float]:
         """Per-sample metric values keyed by metric name (aggregated by the metric registry)."""
         raise NotImplementedError
+
+    def metric(self, name: str) -> Any:
+        """A Metric of this task's own for `name`, or None to use the metric registry."""
+        return None
+
+    def fit_to(self, sample: Sample, tokenizer: TokenizerLike, budget: int) -> tuple[str, Sample | None]:
+        """The prompt cut to at most `budget` tokens of `tokenizer` by the task's truncation policy, and the cut
+        sample when the prompt is still `prompt(sample)` of one (None when the policy cut the rendered text).
+        Default ("left_context"): drop the oldest context tokens; the question and instructions stay whole."""
+        ids = list(tokenizer.encode(sample.context))
+        text = self.prompt(sample)
+        cut = max(1, len(tokenizer.encode(text)) - budget)
+        while True:
+            if cut > len(ids):
+                raise CtxlabError(f"{self.name} sample {sample.id!r}: the prompt does not fit {budget} tokens even "
+                                  "without its context; lower the answer/thinking budget")
+            short = replace(sample, context=tokenizer.decode(ids[cut:]))
+            text = self.prompt(short)
+            n = len(tokenizer.encode(text))
+            if n <= budget:
+                return text, short
+            cut += n - budget
 
 
 class TaskRegistry:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctxlab.errors import CtxlabError
-from ctxlab.eval.metrics import SampleValue, aggregate_by, get_metric
 from ctxlab.tasks.base import DataCard, Sample, Task
+from ctxlab.tasks.metrics import SampleValue, aggregate_by, get_metric
 from ctxlab.tasks.rows import check_fields, read_rows
 from ctxlab.tasks.truncation import TokenizerLike, truncate_middle
 
@@ -153,6 +153,9 @@ class LongBenchV2Task(Task):
         """The prompt middle-truncated to `max_len` tokens (the model's context from config/model2maxlen.json,
         e.g. 120000; the official script does not subtract the 128 generated tokens)."""
         return truncate_middle(self.prompt(sample), tokenizer, max_len)
+
+    def fit_to(self, sample: Sample, tokenizer: TokenizerLike, budget: int) -> tuple[str, Sample | None]:
+        return self.fit_prompt(sample, tokenizer, budget), None
 
     def parse(self, generation: str) -> str | None:
         return extract_answer(generation.strip())

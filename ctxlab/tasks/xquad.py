@@ -31,6 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ctxlab.checks import is_int
 from ctxlab.errors import CtxlabError
 from ctxlab.tasks.base import DataCard, Sample, Task
 
@@ -170,9 +171,6 @@ def _need(cond: bool, source: str, where: str, what: str) -> None:
         raise CtxlabError(f"{source}: {where}: {what}")
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
 
 def parse_squad(obj: Any, source: str = "<data>", *, check_spans: bool = True) -> list[Article]:
     """Validate a SQuAD v1.1 object and return its articles; errors name `source` and the offending item.
@@ -220,7 +218,7 @@ def parse_squad(obj: Any, source: str = "<data>", *, check_spans: bool = True) -
                     _need(isinstance(ans, dict), source, where_k, "expected an object")
                     text, start = ans.get("text"), ans.get("answer_start")
                     _need(isinstance(text, str) and text != "", source, where_k, '"text" must be a non-empty string')
-                    _need(_is_int(start) and 0 <= start <= len(ctx) - len(text), source, where_k,
+                    _need(is_int(start) and 0 <= start <= len(ctx) - len(text), source, where_k,
                           f'"answer_start" must be an int in [0, {len(ctx) - len(text)}], got {start!r}')
                     if check_spans:
                         _need(ctx[start:start + len(text)] == text, source, where_k,

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from ctxlab.errors import CtxlabError
-from ctxlab.eval.metrics import SampleValue, get_metric
 from ctxlab.tasks.base import DataCard, Sample, Task
+from ctxlab.tasks.metrics import SampleValue, get_metric
 from ctxlab.tasks.rows import check_fields, read_rows
 from ctxlab.tasks.truncation import TokenizerLike, truncate_keep_suffix
 
@@ -186,6 +186,9 @@ class ZeroScrollsTask(Task):
         suffix = sample.meta["truncation_separator"] + sample.question
         budget = max_tokens - len(tokenizer.encode(suffix)) - gen - 1
         return truncate_keep_suffix(sample.context, suffix, tokenizer, budget)
+
+    def fit_to(self, sample: Sample, tokenizer: TokenizerLike, budget: int) -> tuple[str, Sample | None]:
+        return self.fit_prompt(sample, tokenizer, budget, reserve=0), None
 
     def score(self, prediction: Any, sample: Sample) -> dict[str, SampleValue]:
         if not sample.reference:

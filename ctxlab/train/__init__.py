@@ -5,16 +5,16 @@
 - objectives.py  LMObjective (weighted / masked next-token loss), DPOObjective (frozen reference, beta)
 - loop.py        AdamW + warmup/cosine, clipping, accumulation, eval, HF checkpoints, exact resume, curves
 - evaluate.py    sandbox accuracy by greedy decoding through ctxlab.engine; model card
-- cli.py         train_cli(kind, config_path, resume): what `ctxlab train pretrain|sft|dpo` runs
+- cli.py         run_training(kind, config_path, resume): what `ctxlab train pretrain|sft|dpo` runs
 """
 
-from ctxlab.train.cli import train_cli
 from ctxlab.train.config import TrainConfig, config_from_dict, load_config
 from ctxlab.train.data import PackedDataset, PaddedDataset, PairDataset, pack
 from ctxlab.train.loop import TrainResult, lr_factor, train
 from ctxlab.train.objectives import DPOObjective, LMObjective, Objective
+from ctxlab.train.run import run_training
 
 __all__ = [
     "DPOObjective", "LMObjective", "Objective", "PackedDataset", "PaddedDataset", "PairDataset", "TrainConfig",
-    "TrainResult", "config_from_dict", "load_config", "lr_factor", "pack", "train", "train_cli",
+    "TrainResult", "config_from_dict", "load_config", "lr_factor", "pack", "train", "run_training",
 ]

@@ -50,17 +50,17 @@ KINDS = ("pretrain", "sft", "dpo")
 @dataclass(frozen=True)
 class ModelSection:
     init: str = "scratch"  # "scratch" (pretraining only) or a checkpoint directory / hub id to start from
-    size: str = "small"  # scratch: a preset of ctxlab.scratch.SIZES
+    size: str = "small"  # scratch: a preset of ctxlab.train.scratch.SIZES
     num_layers: int = 0  # scratch: override the preset's layer count (0 = keep)
     vocab_size: int = 3072  # scratch: BPE vocabulary size
     max_position_embeddings: int = 8192
-    pretokenizer: str = "chunks"  # scratch: one of ctxlab.scratch.PRETOKENIZERS (see there)
+    pretokenizer: str = "chunks"  # scratch: one of ctxlab.train.scratch.PRETOKENIZERS (see there)
     tokenizer_docs: int = 3000  # scratch: documents sampled to train the tokenizer
-    copy_init: float = 0.0  # scratch: mimetic copy init of attention value/output maps (ctxlab.scratch), 0 = off
-    induction_init: float = 0.0  # scratch: layers 0-1 start as an induction circuit (QK-norm gain; ctxlab.scratch)
+    copy_init: float = 0.0  # scratch: mimetic copy init of attention value/output maps (ctxlab.train.scratch), 0 = off
+    induction_init: float = 0.0  # scratch: layers 0-1 start as an induction circuit (QK-norm gain; train/scratch.py)
 
     def __post_init__(self) -> None:
-        from ctxlab.scratch import PRETOKENIZERS, SIZES
+        from ctxlab.train.scratch import PRETOKENIZERS, SIZES
 
         if self.size not in SIZES:
             raise CtxlabError(f"model.size {self.size!r} is not a preset; valid: {', '.join(SIZES)}")

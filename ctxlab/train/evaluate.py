@@ -93,8 +93,8 @@ def format_table(scores: Sequence[TaskScore]) -> str:
 _INIT_NOTES = (  # run key → what the model card says about that initialisation
     ("copy_init", "Initialisation: every attention head starts as a copier (mimetic value/output init)."),
     ("induction_init", "Layers 0-1 start as an induction circuit (a previous-token head feeding an induction head, "
-                       "`ctxlab.scratch.induction_circuit_init`): the model copies the token that followed an earlier "
-                       "occurrence of the current one before any training."),
+                       "`ctxlab.train.scratch.induction_circuit_init`): the model copies the token that followed an "
+                       "earlier occurrence of the current one before any training."),
 )
 
 

@@ -1,7 +1,7 @@
 """The TicketTalk agent loop (Byrne et al. 2021): one model writes both the agent's words and its API calls; calls
 run on the booking backend and their responses are written back into the model's input.
 
-    agent = TicketAgent(NativePredictor("ctxlab/assets/tickets_agent"), Backend())
+    agent = TicketAgent(NativePredictor("ctxlab/assets/tickets_agent"), BookingBackend())
     turn = agent.user("Two tickets for Mulan tonight near me")
     turn.reply, turn.calls                      # what the agent said, the calls it made with their results
 
@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ctxlab.apps.tickets.backend import Backend, result_to_items
-from ctxlab.apps.tickets.formats import ApiCall, Item, Start, Utterance, format_item, format_items
-from ctxlab.apps.tickets.metrics import parse_action
+from ctxlab.apps.tickets.backend import BookingBackend, result_to_items
 from ctxlab.apps.tickets.ontology import Ontology
 from ctxlab.errors import CtxlabError
+from ctxlab.tasks.tickettalk.formats import ApiCall, Item, Start, Utterance, format_item, format_items
+from ctxlab.tasks.tickettalk.metrics import parse_action
 
 ON_INVALID = ("feedback", "retry")
 # What ends a predicted action: the next user turn or an API response (the backend writes those), a new dialogue.
@@ -54,7 +54,7 @@ class Predictor(Protocol):
 
 
 def error_result(api: str, code: str, message: str, argument: str | None = None, **details: Any) -> dict[str, Any]:
-    """A failed call result in `Backend.call`'s shape (so `result_to_items` renders it the same way)."""
+    """A failed call result in `BookingBackend.call`'s shape (so `result_to_items` renders it the same way)."""
     err = {"code": code, "message": message} | ({"argument": argument} if argument else {}) | details
     return {"ok": False, "api": api, "error": err}
 
@@ -127,7 +127,7 @@ class TurnResult:
 class TicketAgent:
     """Runs agent turns over a growing dialogue history (see the module docstring)."""
 
-    def __init__(self, predictor: Predictor, backend: Backend, *, ontology: Ontology | None = None,
+    def __init__(self, predictor: Predictor, backend: BookingBackend, *, ontology: Ontology | None = None,
                  config: AgentConfig | None = None, session: str | None = None,
                  history: Sequence[Item] = ()):
         self.predictor, self.backend = predictor, backend

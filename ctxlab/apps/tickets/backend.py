@@ -1,6 +1,6 @@
 """The TicketTalk booking service: the nine ontology APIs over a seeded catalogue stored in SQLite (WAL).
 
-    backend = Backend()                      # temporary database, default catalogue
+    backend = BookingBackend()                      # temporary database, default catalogue
     backend.call("find_theaters", {"location": "Spring Hills, Kansas", "name.movie": "Mulan"})
     → {"ok": True, "api": "find_theaters", "response": {"name.theater": ["AMC Mountain 16", …]}, "meta": {}}
 
@@ -32,9 +32,9 @@ from typing import Any
 
 from ctxlab.apps.tickets import values as V
 from ctxlab.apps.tickets.catalogue import STATE_ABBREVS, Catalogue, default_catalogue
-from ctxlab.apps.tickets.formats import ApiResponse, format_items
 from ctxlab.apps.tickets.ontology import ARG_ALIASES, Ontology, load_ontology
 from ctxlab.errors import CtxlabError
+from ctxlab.tasks.tickettalk.formats import ApiResponse, format_items
 
 EMPTY = "_empty_"
 MAX_TICKETS = 20
@@ -82,7 +82,7 @@ def _is_home(text: str) -> bool:
 
 
 class ApiError(Exception):
-    """Internal: becomes a structured error response in `Backend.call`."""
+    """Internal: becomes a structured error response in `BookingBackend.call`."""
 
     def __init__(self, code: str, message: str, argument: str | None = None, **details: Any):
         super().__init__(message)
@@ -170,7 +170,7 @@ class _Index:
         return ranked[0][1]
 
 
-class Backend:
+class BookingBackend:
     """A booking service over SQLite. `db_path` None uses a temporary database removed by `close()`; an
     existing database is reused as is (bookings persist). Thread-safe: one connection per thread."""
 
@@ -215,7 +215,7 @@ class Backend:
         if self._tmpdir:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
 
-    def __enter__(self) -> Backend:
+    def __enter__(self) -> BookingBackend:
         return self
 
     def __exit__(self, *exc: object) -> None:

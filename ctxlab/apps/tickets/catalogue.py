@@ -22,8 +22,8 @@ from difflib import SequenceMatcher
 from pathlib import Path
 
 from ctxlab.apps.tickets import values as V
-from ctxlab.apps.tickets.formats import ApiCall, ApiResponse, Example, read_tsv
 from ctxlab.apps.tickets.ontology import shipped_train_tsv
+from ctxlab.tasks.tickettalk.formats import ApiCall, ApiResponse, Example, read_tsv
 
 DEFAULT_TODAY = date(2020, 3, 13)  # a Friday in the TM-3 collection period
 GENRES = ("action", "comedy", "drama", "horror", "romantic comedy", "thriller", "animation", "family",

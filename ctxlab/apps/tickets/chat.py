@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ctxlab.apps.tickets.agent import AgentConfig, Event, NativePredictor, Predictor, TicketAgent, TurnResult
-from ctxlab.apps.tickets.backend import Backend
-from ctxlab.apps.tickets.formats import parse_items
+from ctxlab.apps.tickets.backend import BookingBackend
 from ctxlab.errors import CtxlabError
+from ctxlab.tasks.tickettalk.formats import parse_items
 
 HELP = "commands: /quit (leave), /help (this list); anything else is your next message to the agent"
 
@@ -106,10 +106,10 @@ class Transcript:
         return jl, txt
 
 
-def chat_cli(model: str, scripted_user: Path | None = None, db: Path | None = None, max_turns: int = 20, *,
+def run_chat(model: str, scripted_user: Path | None = None, db: Path | None = None, max_turns: int = 20, *,
              simulate_user: bool = False, seed: int = 0, transcript: Path | None = None, agent_first: bool = False,
              max_calls: int = 4, device: str = "cpu", predictor: Predictor | None = None,
-             backend: Backend | None = None, out: TextIO | None = None,
+             backend: BookingBackend | None = None, out: TextIO | None = None,
              input_fn: Callable[[str], str] = input) -> dict[str, Any]:
     """Run a chat session (see the module docstring); returns the summary (turns, calls, errors, bookings, paths).
     `predictor` replaces the checkpoint (tests, other model servers), `backend` the database at `db` (the caller
@@ -130,7 +130,7 @@ def chat_cli(model: str, scripted_user: Path | None = None, db: Path | None = No
         transcript = Path("runs") / "chat" / f"tickets-{stamp}"
     predictor = predictor or NativePredictor(model, device=device)
     own = backend is None
-    backend = backend or Backend(db)
+    backend = backend or BookingBackend(db)
     try:
         return _session(model, mode, script, backend, predictor, max_turns, simulate_seed=seed,
                         transcript=transcript, agent_first=agent_first, max_calls=max_calls, out=out,
@@ -140,7 +140,7 @@ def chat_cli(model: str, scripted_user: Path | None = None, db: Path | None = No
             backend.close()
 
 
-def _session(model: str, mode: str, script: list[str] | None, backend: Backend, predictor: Predictor,
+def _session(model: str, mode: str, script: list[str] | None, backend: BookingBackend, predictor: Predictor,
              max_turns: int, *, simulate_seed: int, transcript: Path | None, agent_first: bool, max_calls: int,
              out: TextIO, input_fn: Callable[[str], str], stamp: str) -> dict[str, Any]:
     agent = TicketAgent(predictor, backend, config=AgentConfig(max_calls_per_turn=max_calls))

@@ -20,19 +20,16 @@ estimate when none is given). Rows whose completion alone does not fit are dropp
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from random import Random
-from typing import Any
 
-from ctxlab.apps.tickets.formats import ApiCall, Example, Item, RewardExample, Utterance, format_item, format_items
 from ctxlab.errors import CtxlabError
+from ctxlab.tasks.tickettalk.formats import ApiCall, Example, Item, RewardExample, Utterance, format_item, format_items
 
 CountTokens = Callable[[str], int]
-END_TEXT = "<|endoftext|>"  # document separator in LM text (a special token of ctxlab.scratch tokenizers)
+END_TEXT = "<|endoftext|>"  # document separator in LM text (a special token of ctxlab.train.scratch tokenizers)
 
 
 def approx_tokens(text: str) -> int:
@@ -241,14 +238,3 @@ def split_conversations(examples: Sequence[Example], heldout: float, seed: int =
     train = [ex for ex in examples if not held(ex.conversation_id)]
     test = [ex for ex in examples if held(ex.conversation_id)]
     return train, test
-
-
-def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with path.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            n += 1
-    return n

@@ -1,10 +1,10 @@
 """Build, train and evaluate a small TicketTalk agent on the one training loop (ctxlab/train).
 
-    python -m ctxlab.apps.tickets.pipeline prepare --out runs/tickets          # data, tokenizer, initial model
-    python -m ctxlab.train pretrain --config configs/tickets_lm.toml           # dialogue LM (whole dialogues)
-    python -m ctxlab.train sft --config configs/tickets_sft.toml               # next-action SFT
-    python -m ctxlab.train dpo --config configs/tickets_dpo.toml               # reward pairs (optional)
-    python -m ctxlab.apps.tickets.pipeline eval runs/tickets/sft/final --data runs/tickets/sim_eval.tsv
+    ctxlab tickets prepare --out runs/tickets          # data, tokenizer, initial model
+    ctxlab train pretrain --config configs/tickets_lm.toml           # dialogue LM (whole dialogues)
+    ctxlab train sft --config configs/tickets_sft.toml               # next-action SFT
+    ctxlab train dpo --config configs/tickets_dpo.toml               # reward pairs (optional)
+    ctxlab tickets eval runs/tickets/sft/final --data runs/tickets/sim_eval.tsv
 
 `prepare` writes under OUT: sim_train.tsv / sim_eval.tsv (simulated dialogues, different seeds), tm3_train.tsv /
 tm3_eval.tsv (train-bc.tsv split by conversation), lm.txt (whole dialogues for the LM stage), sft.jsonl, dpo.jsonl
@@ -16,14 +16,12 @@ reply BLEU), `baseline` scores trivial predictors on the same rows.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ctxlab.apps.tickets import metrics as M
 from ctxlab.apps.tickets.convert import (
     END_TEXT,
     Stats,
@@ -32,11 +30,12 @@ from ctxlab.apps.tickets.convert import (
     lm_text,
     sft_rows,
     split_conversations,
-    write_jsonl,
 )
-from ctxlab.apps.tickets.formats import format_items, parse_items, read_reward, read_tsv, write_tsv
 from ctxlab.apps.tickets.ontology import shipped_train_tsv, tm3_dir
 from ctxlab.errors import CtxlabError
+from ctxlab.fileio import write_jsonl_atomic
+from ctxlab.tasks.tickettalk import metrics as M
+from ctxlab.tasks.tickettalk.formats import format_items, parse_items, read_reward, read_tsv, write_tsv
 
 TAGS = ("<U>", "<A>", "<S>", "<C>", "<PN>", "<PAN>", "<PAV>", "<PR>", "<PRAN>", "<PRAV>", "[A]", "[PN]", "[PAN]",
         "[PAV]")
@@ -64,7 +63,7 @@ def build_init(out: str | Path, texts: Sequence[str], *, vocab_size: int = 3072,
 
     from ctxlab.models import model_class
     from ctxlab.models.loading import save_model
-    from ctxlab.scratch import init_weights, scratch_hf_config, train_tokenizer, write_tokenizer
+    from ctxlab.train.scratch import init_weights, scratch_hf_config, train_tokenizer, write_tokenizer
 
     out = Path(out)
     tok = train_tokenizer(texts, vocab_size, individual_digits=True)
@@ -125,10 +124,10 @@ def prepare(out: str | Path, *, n_sim: int = 4000, n_sim_eval: int = 200, seed: 
     sim_rows = sft_rows(sim_examples(sims[:sft_sim_dialogues]), max_tokens=seq_len, count_tokens=count,
                         source="sim", stats=sft_stats["sim"])
     tm3_rows = sft_rows(tm3_train, max_tokens=seq_len, count_tokens=count, source="tm3", stats=sft_stats["tm3"])
-    n_sft = write_jsonl(out / "sft.jsonl", sim_rows + tm3_rows * tm3_repeat)
+    n_sft = write_jsonl_atomic(out / "sft.jsonl", sim_rows + tm3_rows * tm3_repeat)
     dpo_stats = Stats()
     rewards = [ex for f in reward_files() for ex in read_reward(f)]
-    n_dpo = write_jsonl(out / "dpo.jsonl", dpo_rows(rewards, max_tokens=seq_len, count_tokens=count, seed=seed,
+    n_dpo = write_jsonl_atomic(out / "dpo.jsonl", dpo_rows(rewards, max_tokens=seq_len, count_tokens=count, seed=seed,
                                                     stats=dpo_stats)) if rewards else 0
     manifest = {
         "seed": seed, "seq_len": seq_len, "vocab_size": tok.vocab_size,
@@ -198,13 +197,13 @@ def selfplay(model: str | Path | None, n: int = 20, *, seed: int = 10_000, max_t
     dialogue succeeds when a booking made in it matches the user's goal (movie, theater, day, time, tickets)."""
     from ctxlab.apps.tickets import values as V
     from ctxlab.apps.tickets.agent import NativePredictor, TicketAgent
-    from ctxlab.apps.tickets.backend import Backend
+    from ctxlab.apps.tickets.backend import BookingBackend
     from ctxlab.apps.tickets.simuser import backend_catalogue, sim_user
 
     pred = predictor or NativePredictor(model)
     t0 = time.perf_counter()
     rows = []
-    with Backend() as backend:
+    with BookingBackend() as backend:
         cat = backend_catalogue(backend)
         for i in range(n):
             user = sim_user(seed + i, catalogue=cat)
@@ -243,8 +242,8 @@ def selfplay(model: str | Path | None, n: int = 20, *, seed: int = 10_000, max_t
 def replay_script(seed: int, index: int) -> tuple[list[str], list[str]]:
     """(user lines, agent actions) of simulated dialogue `index` of `simulate(index + 1, seed)`: a scripted user
     and a ScriptedPredictor that replays the rule agent's actions (for a transcript of the loop itself)."""
-    from ctxlab.apps.tickets.formats import ApiCall, Utterance, format_item
     from ctxlab.apps.tickets.simulate import simulate
+    from ctxlab.tasks.tickettalk.formats import ApiCall, Utterance, format_item
 
     sim = simulate(index + 1, seed)[index]
     users = [it.text for it in sim.items if isinstance(it, Utterance) and it.speaker == "user"]
@@ -266,7 +265,7 @@ def transcript_doc(out_md: str | Path, *, model: str | None = None, user_script:
     import tempfile
 
     from ctxlab.apps.tickets.agent import ScriptedPredictor
-    from ctxlab.apps.tickets.chat import chat_cli
+    from ctxlab.apps.tickets.chat import run_chat
 
     out_md = Path(out_md)
     with tempfile.TemporaryDirectory() as tmp:
@@ -283,14 +282,14 @@ def transcript_doc(out_md: str | Path, *, model: str | None = None, user_script:
         else:
             raise CtxlabError("transcript_doc needs model + user_script, or replay")
         with open(Path(tmp) / "screen.txt", "w", encoding="utf-8") as screen:
-            summary = chat_cli(label, script, Path(tmp) / "tickets.db", max_turns, predictor=predictor,
+            summary = run_chat(label, script, Path(tmp) / "tickets.db", max_turns, predictor=predictor,
                                transcript=Path(tmp) / "chat", out=screen)
         body = (Path(tmp) / "chat.txt").read_text(encoding="utf-8").splitlines()[2:]
     how = ("the agent's actions are the rule-based agent's (ctxlab/apps/tickets/simulate.py) replayed through a "
            "`ScriptedPredictor`: no trained model is involved. Every API call is still validated against the "
            "ontology and executed on the real backend, and its live response is what the next step sees"
            if replay is not None else f"the agent is the checkpoint `{model}` (greedy decoding, NativePredictor)")
-    cmd = (f"python -m ctxlab.apps.tickets.pipeline transcript --replay {replay[0]}:{replay[1]} --out {out_md}"
+    cmd = (f"ctxlab tickets transcript --replay {replay[0]}:{replay[1]} --out {out_md}"
            if replay is not None else f"ctxlab chat tickets {model} --user-script {user_script}")
     md = ["# TicketTalk agent loop: an end-to-end transcript", "",
           "One chat with the agent loop of `ctxlab/apps/tickets/agent.py`: a scripted user (one line per turn), the "
@@ -309,7 +308,7 @@ def transcript_doc(out_md: str | Path, *, model: str | None = None, user_script:
 
 def copy_last_call(prompt: str) -> str:
     """Trivial baseline: repeat the most recent API call of the dialogue (else say nothing)."""
-    from ctxlab.apps.tickets.formats import ApiCall
+    from ctxlab.tasks.tickettalk.formats import ApiCall
 
     calls = [it for it in parse_items(prompt) if isinstance(it, ApiCall)]
     return format_items(calls[-1:])
@@ -330,58 +329,12 @@ def baselines(data: str | Path, limit: int | None = None) -> dict[str, Any]:
             "most_common_reply": score_predictions(samples, [common] * len(samples))}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ctxlab.apps.tickets.pipeline")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("prepare", help="simulate dialogues, convert data, build the initial checkpoint")
-    p.add_argument("--out", default="runs/tickets")
-    p.add_argument("--n-sim", type=int, default=4000)
-    p.add_argument("--n-sim-eval", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--sft-sim-dialogues", type=int, default=1500)
-    p.add_argument("--vocab-size", type=int, default=3072)
-    e = sub.add_parser("eval", help="score a checkpoint through the tickettalk task")
-    e.add_argument("model")
-    e.add_argument("--data", action="append", required=True)
-    e.add_argument("--limit", type=int)
-    e.add_argument("--max-prompt-tokens", type=int, default=512, help="history budget (oldest items dropped)")
-    e.add_argument("--out", help="write the scores as JSON")
-    sp = sub.add_parser("selfplay", help="end-to-end bookings against simulated users")
-    sp.add_argument("model")
-    sp.add_argument("--n", type=int, default=20)
-    sp.add_argument("--seed", type=int, default=10_000)
-    t = sub.add_parser("transcript", help="record one chat as markdown (docs/tickets_transcript.md)")
-    t.add_argument("--out", default="docs/tickets_transcript.md")
-    t.add_argument("--model")
-    t.add_argument("--user-script")
-    t.add_argument("--replay", help="SEED:INDEX of a simulated dialogue whose rule-agent actions are replayed")
-    b = sub.add_parser("baseline", help="score trivial predictors")
-    b.add_argument("--data", action="append", required=True)
-    b.add_argument("--limit", type=int)
-    args = ap.parse_args(argv)
+def parse_replay(text: str | None) -> tuple[int, int] | None:
+    """'SEED:INDEX' → (seed, index); a one-line error otherwise."""
+    if text is None:
+        return None
     try:
-        if args.cmd == "prepare":
-            prepare(args.out, n_sim=args.n_sim, n_sim_eval=args.n_sim_eval, seed=args.seed, seq_len=args.seq_len,
-                    sft_sim_dialogues=args.sft_sim_dialogues, vocab_size=args.vocab_size)
-        elif args.cmd == "eval":
-            res = {d: evaluate(args.model, d, limit=args.limit, max_prompt_tokens=args.max_prompt_tokens)
-                   for d in args.data}
-            if args.out:
-                Path(args.out).write_text(json.dumps(res, indent=2))
-        elif args.cmd == "transcript":
-            replay = tuple(int(x) for x in args.replay.split(":")) if args.replay else None
-            print(transcript_doc(args.out, model=args.model, user_script=args.user_script, replay=replay))
-        elif args.cmd == "selfplay":
-            selfplay(args.model, args.n, seed=args.seed)
-        else:
-            for d in args.data:
-                print(d, json.dumps(baselines(d, args.limit), indent=1))
-    except CtxlabError as err:
-        print(f"error: {err}")
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        seed, index = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise CtxlabError(f"--replay must be SEED:INDEX (two integers), got {text!r}") from None
+    return seed, index

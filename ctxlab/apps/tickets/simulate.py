@@ -20,15 +20,26 @@ a deterministic function of what the dialogue says. Dialogues in which any call 
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from random import Random
 
 from ctxlab.apps.tickets import values as V
-from ctxlab.apps.tickets.backend import EMPTY, Backend, result_to_items
+from ctxlab.apps.tickets.backend import EMPTY, BookingBackend, result_to_items
 from ctxlab.apps.tickets.catalogue import Catalogue, default_catalogue
-from ctxlab.apps.tickets.formats import (
+from ctxlab.apps.tickets.simuser import (
+    CatalogueIndex,
+    Goal,
+    SimUser,
+    UserTurn,
+    backend_catalogue,
+    pick,
+    sample_goal,
+    sim_user,
+)
+from ctxlab.errors import CtxlabError
+from ctxlab.tasks.tickettalk.formats import (
     ApiCall,
     ApiResponse,
     Dialogue,
@@ -41,17 +52,6 @@ from ctxlab.apps.tickets.formats import (
     write_dialogues,
     write_tsv,
 )
-from ctxlab.apps.tickets.simuser import (
-    CatalogueIndex,
-    Goal,
-    SimUser,
-    UserTurn,
-    backend_catalogue,
-    pick,
-    sample_goal,
-    sim_user,
-)
-from ctxlab.errors import CtxlabError
 
 __all__ = ["Goal", "RuleAgent", "SimDialogue", "SimUser", "UserTurn", "run_dialogue", "sample_goal", "sim_examples",
            "sim_user", "simulate", "to_dialogue"]
@@ -299,7 +299,7 @@ class SimDialogue:
         return out
 
 
-def run_dialogue(backend: Backend, goal: Goal, rng: Random, cid: str) -> SimDialogue | None:
+def run_dialogue(backend: BookingBackend, goal: Goal, rng: Random, cid: str) -> SimDialogue | None:
     """One dialogue between SimUser and RuleAgent on `backend`; None if a call fails or it does not finish."""
     user, agent = SimUser(goal, rng), RuleAgent(rng)
     items: list[Item] = []
@@ -335,7 +335,7 @@ def run_dialogue(backend: Backend, goal: Goal, rng: Random, cid: str) -> SimDial
     return None
 
 
-def simulate(n: int, seed: int = 0, *, backend: Backend | None = None, catalogue: Catalogue | None = None,
+def simulate(n: int, seed: int = 0, *, backend: BookingBackend | None = None, catalogue: Catalogue | None = None,
              max_tries: int = 4) -> list[SimDialogue]:
     """`n` dialogues, deterministic in (n, seed, catalogue). Bookings change seat counts, so a fresh temporary
     backend is used unless one is given (then the result also depends on its state)."""
@@ -345,7 +345,7 @@ def simulate(n: int, seed: int = 0, *, backend: Backend | None = None, catalogue
     cat = catalogue
     if backend is None:
         cat = cat or default_catalogue()
-        backend = Backend(catalogue=cat)
+        backend = BookingBackend(catalogue=cat)
     try:
         ix = CatalogueIndex(cat or backend_catalogue(backend))
         out = []
@@ -390,21 +390,10 @@ def sim_examples(sims: Sequence[SimDialogue]) -> list[Example]:
     return [ex for s in sims for ex in dialogue_to_examples(to_dialogue(s))]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ctxlab.apps.tickets.simulate",
-                                 description="Write simulated TicketTalk dialogues as a TM-3 split TSV.")
-    ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", required=True, help="split TSV to write")
-    ap.add_argument("--json", help="also write the dialogues as TM-3 dialogue JSON")
-    args = ap.parse_args(argv)
-    sims = simulate(args.n, args.seed)
-    write_tsv(args.out, sim_examples(sims))
-    if args.json:
-        write_dialogues(args.json, [to_dialogue(s) for s in sims])
-    print(f"{len(sims)} dialogues, {sum(s.booked for s in sims)} bookings → {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def write_simulated(out: str | Path, n: int = 1000, seed: int = 0, dialogues_json: str | Path | None = None) -> str:
+    """`ctxlab tickets simulate`: n simulated dialogues as a split TSV (and optionally TM-3 dialogue JSON)."""
+    sims = simulate(n, seed)
+    write_tsv(out, sim_examples(sims))
+    if dialogues_json:
+        write_dialogues(dialogues_json, [to_dialogue(s) for s in sims])
+    return f"{len(sims)} dialogues, {sum(s.booked for s in sims)} bookings → {out}"

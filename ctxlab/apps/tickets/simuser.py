@@ -17,7 +17,7 @@ from datetime import date
 from random import Random
 
 from ctxlab.apps.tickets import values as V
-from ctxlab.apps.tickets.backend import Backend
+from ctxlab.apps.tickets.backend import BookingBackend
 from ctxlab.apps.tickets.catalogue import Catalogue, build_catalogue, default_catalogue
 from ctxlab.errors import CtxlabError
 
@@ -365,7 +365,7 @@ class SimUser:
         return UserTurn(*self._movie())
 
 
-def backend_catalogue(backend: Backend) -> Catalogue:
+def backend_catalogue(backend: BookingBackend) -> Catalogue:
     """The catalogue behind a backend: the built-in or the default one, whichever has its fingerprint."""
     for make in (build_catalogue, default_catalogue):
         cat = make()
@@ -374,7 +374,7 @@ def backend_catalogue(backend: Backend) -> Catalogue:
     raise CtxlabError(f"{backend.db_path} holds a custom catalogue: pass it as catalogue= too")
 
 
-def sim_user(seed: int, backend: Backend | None = None, catalogue: Catalogue | None = None) -> SimUser:
+def sim_user(seed: int, backend: BookingBackend | None = None, catalogue: Catalogue | None = None) -> SimUser:
     """A simulated user (for `ctxlab chat tickets --simulate-user`) whose goal is a real showing of the backend's
     catalogue; deterministic in `seed`."""
     cat = catalogue or (backend_catalogue(backend) if backend is not None else default_catalogue())

@@ -1,6 +1,6 @@
 """Evaluation backends: the `Backend` protocol and four implementations, looked up by name.
 
-    native   ctxlab checkpoints (load_model + Tokenizer + engine); the only one running ctxlab/ttt strategies
+    native   ctxlab checkpoints (load_model + Tokenizer + engine); the only one running ctxlab/strategies
     hf       any transformers AutoModelForCausalLM (transformers imported lazily)
     openai   any OpenAI-compatible server: vLLM, SGLang, llama.cpp server, OpenAI (stdlib HTTP)
     gemini   the Gemini API through google-genai (imported lazily)

@@ -9,16 +9,17 @@ option names and types, SDK installed, API key set, checkpoint directory present
 
 from __future__ import annotations
 
+import math
 import random
-import re
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from ctxlab.checks import check_int, check_number, parse_bool
 from ctxlab.errors import CtxlabError
+from ctxlab.tasks.truncation import ApproxTokenizer
 
 
 @runtime_checkable
@@ -70,8 +71,8 @@ def coerce(name: str, spec: Option, value: Any) -> Any:
         if typ is bool:
             if isinstance(value, bool):
                 out: Any = value
-            elif isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                out = value.lower() in ("1", "true", "yes", "on")
+            elif isinstance(value, str):
+                out = parse_bool(value)
             else:
                 raise ValueError
         elif typ is int:
@@ -82,6 +83,8 @@ def coerce(name: str, spec: Option, value: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             out = float(value)
+            if not math.isfinite(out):
+                raise ValueError
         else:
             out = str(value)
     except (TypeError, ValueError):
@@ -101,41 +104,6 @@ def check_options(backend: str, specs: Mapping[str, Option], options: Mapping[st
 
 
 # ------------------------------------------------------------------------------------------------ tokenizer
-
-
-class ApproxTokenizer:
-    """A lossless, tokenizer-free stand-in (about one token per word piece of <= 4 letters, digit group or
-    punctuation mark) for truncating prompts sent to remote models whose tokenizer is not available locally.
-
-    `encode` maps pieces to ids through a growing table, so `decode(encode(x)) == x` and slices decode to the
-    matching text. Counts are approximate: give the backend a local `tokenizer` option when lengths matter."""
-
-    _piece = re.compile(r"\s*(?:[^\W\d_]{1,4}|\d{1,3}|[^\w\s]|_)|\s+", re.UNICODE)
-
-    def __init__(self) -> None:
-        self._ids: dict[str, int] = {}
-        self._pieces: list[str] = []
-        self._lock = threading.Lock()
-
-    def pieces(self, text: str) -> list[str]:
-        return self._piece.findall(text)
-
-    def encode(self, text: str) -> list[int]:
-        out = []
-        with self._lock:
-            for p in self.pieces(text):
-                i = self._ids.get(p)
-                if i is None:
-                    i = self._ids[p] = len(self._pieces)
-                    self._pieces.append(p)
-                out.append(i)
-        return out
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return "".join(self._pieces[i] for i in ids)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.pieces(text))
 
 
 class TextTokenizer:
@@ -253,6 +221,7 @@ class BaseBackend:
     # strategies this backend can run: "in-context" = plain generation through `imap`; the native backend adds
     # ctxlab's test-time strategies (thinking, self-consistency, qTTT), which need the model's weights.
     strategies: ClassVar[tuple[str, ...]] = ("in-context",)
+    lm: Any = None  # the native backend's model + tokenizer (ctxlab.strategies.LM); None: text in, text out
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -325,10 +294,8 @@ def check_generation_args(prompts: Sequence[str], max_new_tokens: int, temperatu
                           stop: Sequence[str]) -> None:
     if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
         raise CtxlabError("prompts must be a list of strings")
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise CtxlabError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature < 0:
-        raise CtxlabError(f"temperature must be >= 0, got {temperature!r}")
+    check_int("max_new_tokens", max_new_tokens, 1)
+    check_number("temperature", temperature, 0)
     if isinstance(stop, str) or any(not isinstance(s, str) or not s for s in stop):
         raise CtxlabError(f"stop must be a list of non-empty strings, got {stop!r}")
 

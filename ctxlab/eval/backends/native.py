@@ -1,5 +1,6 @@
 """The `native` backend: a ctxlab checkpoint (load_model + Tokenizer + engine). The only backend that can run the
-test-time strategies of ctxlab/ttt (thinking, self-consistency, qTTT), which need the weights and the KV cache.
+test-time strategies of ctxlab/strategies (thinking, self-consistency, qTTT), which need the weights and the KV cache:
+it hands them its `lm` (model + tokenizer).
 
 Prompts are encoded one at a time (batch 1) on purpose: a sample's result then never depends on which other
 samples share its batch (left padding changes float sums), so a resumed or sharded run reproduces an
@@ -10,26 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from ctxlab.errors import CtxlabError
-from ctxlab.eval.backends.base import BaseBackend, Completion, Option, TextTokenizer, trim_stop
+from ctxlab.eval.backends.base import BaseBackend, Option, TextTokenizer, trim_stop
+from ctxlab.strategies import LM, STRATEGIES, Prompt
 
 
 def config_hash(hf_config: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of a checkpoint's config (what the weights mean, not the weights)."""
     blob = json.dumps(hf_config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _strategy_names() -> tuple[str, ...]:
-    try:
-        from ctxlab.ttt.strategies import STRATEGIES
-    except ImportError:  # ctxlab/ttt not installed: plain generation only
-        return ("in-context",)
-    return tuple(STRATEGIES)
 
 
 class NativeBackend(BaseBackend):
@@ -39,13 +32,14 @@ class NativeBackend(BaseBackend):
         "device": Option(str, "cpu", "cpu or cuda[:N]", identity=False),
         "chat": Option(bool, True, "wrap prompts in the chat template when the tokenizer has one"),
     }
-    strategies: ClassVar[tuple[str, ...]] = _strategy_names()
+    strategies: ClassVar[tuple[str, ...]] = tuple(STRATEGIES)
 
     def __init__(self, loaded: Any, tokenizer: Any, options: Mapping[str, Any]):
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = tokenizer
         self.options = dict(options)
+        self.lm = LM(self.model, tokenizer, chat=bool(self.options.get("chat", True)))  # what strategies run on
 
     # -- construction
 
@@ -97,17 +91,6 @@ class NativeBackend(BaseBackend):
         g = generate(self.model, [self.encode(prompt)], params, self.tokenizer.eos_token_ids, crit)[0]
         return trim_stop(self.tokenizer.decode(g.ids, skip_special_tokens=True), stop)
 
-    def imap(self, prompts: Sequence[str], max_new_tokens: int, temperature: float = 0.0,
-             stop: Sequence[str] = ()) -> Iterator[Completion]:
-        for i, p in enumerate(prompts):
-            t0 = time.perf_counter()
-            text = self.complete(p, max_new_tokens, temperature, stop)
-            yield Completion(i, text, time.perf_counter() - t0)
-
-    def run_strategy(self, strategy: Any, prompt: Any, parse: Any = None) -> Any:
-        """A ctxlab.ttt strategy (`run(model, tokenizer, prompt, parse) -> StrategyResult`) on this model."""
-        return strategy.run(self.model, self.tokenizer, prompt, parse)
-
     # -- lengths
 
     def count_tokens(self, text: str) -> int:
@@ -124,9 +107,5 @@ class NativeBackend(BaseBackend):
         return len(self.encode(""))
 
     def sent_tokens(self, prompt: str, structured: tuple[str, str] | None = None, thinking: bool = False) -> int:
-        """Exact: encoded the way the ttt strategies encode (chat template, thinking format), else as `generate`."""
-        try:
-            from ctxlab.ttt.strategies import Prompt, encode_prompt
-        except ImportError:
-            return len(self.encode(prompt))
-        return len(encode_prompt(self.tokenizer, Prompt(*structured) if structured else prompt, thinking).ids)
+        """Exact: encoded the way the strategies encode (chat template, thinking format)."""
+        return len(self.lm.encode(Prompt(*structured) if structured else prompt, thinking).ids)

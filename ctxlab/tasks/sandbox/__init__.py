@@ -9,6 +9,7 @@ Each `generate_*(seed, n_tokens, *, count_tokens=...)` returns a `SandboxExample
 parse free text leniently. `TASKS` are the eval-harness adapters `sandbox:bank|code|kv`.
 """
 
+from ctxlab.tasks.format import FINAL_MARKER, format_prompt
 from ctxlab.tasks.sandbox.bank import check_log
 from ctxlab.tasks.sandbox.bank import generate as generate_bank
 from ctxlab.tasks.sandbox.bank import parse_answer as parse_bank
@@ -16,14 +17,7 @@ from ctxlab.tasks.sandbox.bank import score as score_bank
 from ctxlab.tasks.sandbox.code import generate as generate_code
 from ctxlab.tasks.sandbox.code import parse_answer as parse_code
 from ctxlab.tasks.sandbox.code import score as score_code
-from ctxlab.tasks.sandbox.common import (
-    FINAL_MARKER,
-    SandboxExample,
-    approx_count_tokens,
-    format_prompt,
-    render_prompt,
-    render_target,
-)
+from ctxlab.tasks.sandbox.common import SandboxExample, render_prompt, render_target
 from ctxlab.tasks.sandbox.kv import generate as generate_kv
 from ctxlab.tasks.sandbox.kv import parse_answer as parse_kv
 from ctxlab.tasks.sandbox.kv import score as score_kv
@@ -36,6 +30,7 @@ from ctxlab.tasks.sandbox.tasks import (
     example_near,
     make_task,
 )
+from ctxlab.tasks.truncation import approx_count_tokens
 
 SCORERS = {"bank": score_bank, "code": score_code, "kv": score_kv}
 

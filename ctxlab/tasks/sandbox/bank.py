@@ -32,16 +32,16 @@ from dataclasses import dataclass
 from random import Random
 
 from ctxlab.errors import CtxlabError
+from ctxlab.tasks.format import answer_region
 from ctxlab.tasks.sandbox.common import (
     TOLERANCE,
     SandboxExample,
-    answer_region,
-    approx_count_tokens,
     check_seed,
     check_target,
     fit_length,
     span_of,
 )
+from ctxlab.tasks.truncation import approx_count_tokens
 
 ANOMALIES = ("CALC_ERROR", "NEGATIVE_BAL", "LOST_UPDATE", "DUPLICATE_TXN")
 _SIGNS = {"deposit": (1,), "withdraw": (-1,), "transfer": (-1, 1)}

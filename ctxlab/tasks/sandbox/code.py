@@ -32,15 +32,15 @@ from pathlib import Path
 from random import Random
 
 from ctxlab.errors import CtxlabError
+from ctxlab.tasks.format import answer_region
 from ctxlab.tasks.sandbox.common import (
     TOLERANCE,
     SandboxExample,
-    answer_region,
-    approx_count_tokens,
     check_seed,
     check_target,
     fit_length,
 )
+from ctxlab.tasks.truncation import approx_count_tokens
 
 # Pure-Python modules that exist on CPython 3.10-3.13 and hold plenty of logic (sorted; never reorder or edit
 # without bumping the task version: the seed → example mapping depends on this list).

@@ -1,5 +1,6 @@
 """Shared pieces of the sandbox tasks: the example record, a default token counter, the length fitter and the
-prompt/target format used by training, the demo and the eval harness.
+rendering of an example in the lab-wide prompt/answer format (ctxlab/tasks/format.py) used by training, the demo
+and the eval harness.
 
 Length convention: `meta["n_tokens"]` (what the fitter aims at `n_tokens`) counts the no-thinking prompt
 `render_prompt(example, thinking=False)`, i.e. context + question + answer instruction — what a model reads.
@@ -7,20 +8,17 @@ Length convention: `meta["n_tokens"]` (what the fitter aims at `n_tokens`) count
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ctxlab.checks import check_int
 from ctxlab.errors import CtxlabError
+from ctxlab.tasks.format import FINAL_MARKER, format_prompt
 
 CountTokens = Callable[[str], int]
-FINAL_MARKER = "Final:"
 TOLERANCE = 0.05  # allowed relative deviation of the prompt length from the target
 MIN_TOKENS = 64
-
-_ANSWER_DIRECT = f'Reply with only the answer after "{FINAL_MARKER}".'
-_ANSWER_THINK = f'Think step by step, then give the answer after "{FINAL_MARKER}".'
 
 
 @dataclass(frozen=True)
@@ -37,22 +35,6 @@ class SandboxExample:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-# BPE tokenizers put a leading space on the following word, split long words, split numbers into short digit groups
-# and keep short punctuation runs together; one regex piece per such token approximates GPT/Llama/Qwen-style counts
-# (within ~20% on English prose and code; pass the real tokenizer's counter when lengths matter exactly).
-_PIECES = re.compile(r" ?[A-Za-z]{1,8}| ?\d{1,3}| ?[^\sA-Za-z\d]{1,2}|\s+(?!\S)|\s+")
-
-
-def approx_count_tokens(text: str) -> int:
-    """Approximate BPE token count of `text` (regex pieces; fast, deterministic, tokenizer-free)."""
-    return len(_PIECES.findall(text))
-
-
-def format_prompt(context: str, question: str, thinking: bool = False) -> str:
-    """The model input: context, the question and the answer instruction (thinking or direct)."""
-    return f"{context}\n\n{question}\n{_ANSWER_THINK if thinking else _ANSWER_DIRECT}\n"
-
-
 def render_prompt(example: SandboxExample, thinking: bool = False) -> str:
     return format_prompt(example.context, example.question, thinking)
 
@@ -63,22 +45,12 @@ def render_target(example: SandboxExample, thinking: bool = False) -> str:
     return f"{example.scratchpad}\n{final}" if thinking else final
 
 
-def answer_region(text: str) -> tuple[str, bool]:
-    """The text after the last `Final:` marker (case-insensitive) and whether a marker was found."""
-    idx = text.lower().rfind(FINAL_MARKER.lower())
-    if idx < 0:
-        return text, False
-    return text[idx + len(FINAL_MARKER) :], True
-
-
 def check_target(n_tokens: int) -> None:
-    if not isinstance(n_tokens, int) or isinstance(n_tokens, bool) or n_tokens < MIN_TOKENS:
-        raise CtxlabError(f"n_tokens must be an integer >= {MIN_TOKENS}, got {n_tokens!r}")
+    check_int("n_tokens", n_tokens, MIN_TOKENS)
 
 
 def check_seed(seed: int) -> None:
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise CtxlabError(f"seed must be a non-negative integer, got {seed!r}")
+    check_int("seed", seed, 0)
 
 
 def span_of(context: str, line: str, start: int = 0) -> tuple[int, int]:

@@ -20,16 +20,16 @@ from collections.abc import Callable
 from random import Random
 
 from ctxlab.errors import CtxlabError
+from ctxlab.tasks.format import answer_region
 from ctxlab.tasks.sandbox.common import (
     TOLERANCE,
     SandboxExample,
-    answer_region,
-    approx_count_tokens,
     check_seed,
     check_target,
     fit_length,
     span_of,
 )
+from ctxlab.tasks.truncation import approx_count_tokens
 
 WORDS = (
     "amber", "apple", "arrow", "aspen", "basin", "beach", "berry", "birch", "bison", "blaze", "bloom", "brook",

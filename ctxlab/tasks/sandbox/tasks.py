@@ -14,8 +14,10 @@ from typing import Any
 
 from ctxlab.errors import CtxlabError
 from ctxlab.tasks.base import CountTokens, DataCard, Sample, Task
+from ctxlab.tasks.format import format_prompt
 from ctxlab.tasks.sandbox import bank, code, kv
-from ctxlab.tasks.sandbox.common import SandboxExample, approx_count_tokens, format_prompt
+from ctxlab.tasks.sandbox.common import SandboxExample
+from ctxlab.tasks.truncation import approx_count_tokens
 
 GENERATORS: dict[str, Callable[..., SandboxExample]] = {"bank": bank.generate, "code": code.generate, "kv": kv.generate}
 
