@@ -28,8 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from ctxlab.errors import CtxlabError
-from ctxlab.models.cache import KVCache, Step, plan_step
-from ctxlab.models.layers import GatedMLP, GemmaRMSNorm, RoPE, apply_rope, attend, cached_attention, rope_from_hf
+from ctxlab.models.cache import KVCache, Step
+from ctxlab.models.layers import GatedMLP, GemmaRMSNorm, RoPE, apply_rope, attend, rope_from_hf
 from ctxlab.models.llama import HF_WEIGHT_MAP as LLAMA_MAP
 from ctxlab.models.llama import Attention, LlamaConfig, LlamaModel
 
@@ -206,36 +206,26 @@ def sliding_attention(q: Tensor, k: Tensor, v: Tensor, q0: int, k0: int, k_valid
 
 
 class Gemma3Attention(Attention):
+    """Gemma's QK-norm before RoPE, the layer type's RoPE table, query_pre_attn_scalar^-0.5, and a sliding window
+    on local layers (through the base attention's hooks)."""
+
     def __init__(self, cfg: Gemma3Config, layer: int):
         super().__init__(cfg, layer)
         self.q_norm = GemmaRMSNorm(cfg.head_dim, cfg.rms_norm_eps)
         self.k_norm = GemmaRMSNorm(cfg.head_dim, cfg.rms_norm_eps)
-        self.window = cfg.sliding_window if cfg.layer_types[layer] == "sliding_attention" else None
+        self.kind = cfg.layer_types[layer]
+        self.window = cfg.sliding_window if self.kind == "sliding_attention" else None
         self.scale = float(cfg.query_pre_attn_scalar) ** -0.5
 
-    def qk_transform(self, q: Tensor, k: Tensor | None, rope: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None]:
-        cos, sin = rope
+    def qk_transform(self, q: Tensor, k: Tensor | None, rope: Any, step: Step) -> tuple[Tensor, Tensor | None]:
+        cos, sin = rope[self.kind]  # Gemma3Model.rope_tables: one (cos, sin) per layer type
         q = apply_rope(self.q_norm(q), cos, sin)  # norm over hd of (B, nh, T, hd), then rotate
         return q, None if k is None else apply_rope(self.k_norm(k), cos, sin)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], step: Step, cache: KVCache | None) -> Tensor:
-        B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.nh, self.hd).transpose(1, 2)  # (B, nh, T, hd)
-        k = v = None
-        if step.write:  # a frozen-cache call (qTTT) reuses the stored keys/values and computes only queries
-            k = self.wk(x).view(B, T, self.nkv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
-            v = self.wv(x).view(B, T, self.nkv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
-        q, k = self.qk_transform(q, k, rope)
+    def attend(self, q: Tensor, k: Tensor | None, v: Tensor | None, step: Step, cache: KVCache | None,
+               masks: dict) -> Tensor:
         if self.window is None:
-            mask, causal = step.mask()
-            o = cached_attention(q, k, v, cache, self.layer, step.start, mask, causal, self.scale)
-        else:
-            o = self.local_attention(q, k, v, step, cache)  # (B, nh, T, hd)
-        return self.wo(o.transpose(1, 2).reshape(B, T, self.nh * self.hd))  # (B, T, nh*hd) → (B, T, H)
-
-    def local_attention(self, q: Tensor, k: Tensor | None, v: Tensor | None, step: Step,
-                        cache: KVCache | None) -> Tensor:
-        """Sliding-window attention over this call's keys and the cached window before them."""
+            return super().attend(q, k, v, step, cache, masks)
         W, start, T = self.window, step.start, q.shape[2]
         lo = max(0, start - W + 1)  # first slot any query of this call can see
         if cache is None:
@@ -244,7 +234,7 @@ class Gemma3Attention(Attention):
         kb, vb = cache.k[self.layer], cache.v[self.layer]
         if ring is None:  # every slot kept: write, then read the window straight from the buffer
             if k is not None:
-                kb[:, :, start : start + T], vb[:, :, start : start + T] = k, v
+                cache.write(self.layer, start, k, v)
             keys, values = kb[:, :, lo : start + T], vb[:, :, lo : start + T]  # (B, nkv, S, hd)
         else:
             if k is None:
@@ -261,6 +251,8 @@ class Gemma3Attention(Attention):
 
 
 class Gemma3Block(nn.Module):
+    """Sandwich norms: x += post_attn_norm(attn(attn_norm(x))); x += post_ffn_norm(ffn(ffn_norm(x)))."""
+
     def __init__(self, cfg: Gemma3Config, layer: int):
         super().__init__()
         H, eps = cfg.hidden_size, cfg.rms_norm_eps
@@ -269,21 +261,21 @@ class Gemma3Block(nn.Module):
         self.attn = Gemma3Attention(cfg, layer)
         self.ffn = GatedMLP(H, cfg.intermediate_size, cfg.hidden_act, bias=cfg.mlp_bias)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], step: Step, cache: KVCache | None) -> Tensor:
-        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), rope, step, cache))
+    def forward(self, x: Tensor, rope: Any, step: Step, cache: KVCache | None, masks: dict) -> Tensor:
+        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), rope, step, cache, masks))
         return x + self.post_ffn_norm(self.ffn(self.ffn_norm(x)))
 
 
 class Gemma3Model(LlamaModel):
-    """Gemma 3 causal LM over LlamaModel's shell (embedding, head, query weights); its own forward picks each
-    layer's RoPE table and its own cache keeps local layers bounded."""
+    """Gemma 3 causal LM: LlamaModel's shell and forward over sandwich blocks, with one RoPE table per layer type,
+    the √H embedding scale, optional final soft-capping and a cache whose local layers stay bounded."""
 
     config_cls = Gemma3Config
+    norm_cls = GemmaRMSNorm
     hf_weight_map = HF_WEIGHT_MAP
 
     def __init__(self, cfg: Gemma3Config):
         super().__init__(cfg)
-        self.norm = GemmaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rope_local = RoPE(cfg.head_dim, cfg.rope_local_theta, cfg.rope_local_scaling)
 
     def make_block(self, cfg: Gemma3Config, layer: int) -> nn.Module:
@@ -293,29 +285,15 @@ class Gemma3Model(LlamaModel):
         x = self.tok_emb(ids)  # (B, T, H)
         return x * torch.tensor(math.sqrt(self.cfg.hidden_size), dtype=x.dtype)  # √H rounded to the activation dtype
 
-    def forward(
-        self,
-        ids: Tensor,
-        cache: KVCache | None = None,
-        valid: Tensor | None = None,
-        *,
-        start: int | None = None,
-        frozen: bool = False,
-        last_only: bool = False,
-    ) -> tuple[Tensor, KVCache | None]:
-        """ids (B, T); valid (B, T) False on left padding; `frozen` = qTTT pass over existing cache slots
-        [start, start+T) that computes queries only; `last_only` returns logits (B, 1, V) of the last token."""
-        step = plan_step(ids, cache, valid, start, frozen)
-        x = self.embed(ids)
-        tables = {"full_attention": self.rope.cos_sin(step.pos, x.dtype),
-                  "sliding_attention": self.rope_local.cos_sin(step.pos, x.dtype)}
-        for block, kind in zip(self.blocks, self.cfg.layer_types, strict=True):
-            x = block(x, tables[kind], step, cache)
-        if last_only:
-            x = x[:, -1:]
-        logits = self.head(self.norm(x))  # (B, T, V)
+    def rope_tables(self, pos: Tensor, dtype: torch.dtype) -> dict[str, tuple[Tensor, Tensor]]:
+        """One (cos, sin) per layer type: global layers rotate with `rope`, local ones with `rope_local`."""
+        return {"full_attention": self.rope.cos_sin(pos, dtype),
+                "sliding_attention": self.rope_local.cos_sin(pos, dtype)}
+
+    def head(self, h: Tensor) -> Tensor:
+        logits = super().head(h)  # (B, T, V)
         cap = self.cfg.final_logit_softcapping
-        return (logits if cap is None else torch.tanh(logits / cap) * cap), cache
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None, device=None, *,
                   rewindable: bool = False) -> WindowedKVCache:

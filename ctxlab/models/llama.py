@@ -119,10 +119,12 @@ HF_WEIGHT_MAP: dict[str, str | None] = {
 
 
 class Attention(nn.Module):
-    """GQA attention. Variants override the hooks, not `forward`: `qk_transform` (rotation, QK-norm, query scaling)
-    and `mask_key` (which of the model's step masks this layer uses; None = the plain causal one)."""
+    """GQA attention. Variants override the hooks, not `forward`: `qk_transform` (rotation, QK-norm, query scaling),
+    `mask_key` (which of the model's step masks this layer uses; None = the plain causal one), `scale` (None =
+    hd^-0.5) and `attend` (the attention over the cache: Gemma 3's local layers use a sliding window)."""
 
     mask_key: int | None = None
+    scale: float | None = None
 
     def __init__(self, cfg: LlamaConfig, layer: int):
         super().__init__()
@@ -148,9 +150,14 @@ class Attention(nn.Module):
             k = self.wk(x).view(B, T, self.nkv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
             v = self.wv(x).view(B, T, self.nkv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
         q, k = self.qk_transform(q, k, rope, step)
-        mask, causal = masks[self.mask_key]
-        o = cached_attention(q, k, v, cache, self.layer, step.start, mask, causal)  # (B, nh, T, hd)
+        o = self.attend(q, k, v, step, cache, masks)  # (B, nh, T, hd)
         return self.wo(o.transpose(1, 2).reshape(B, T, self.nh * self.hd))  # (B, T, nh*hd) → (B, T, H)
+
+    def attend(self, q: Tensor, k: Tensor | None, v: Tensor | None, step: Step, cache: KVCache | None,
+               masks: dict[int | None, Mask]) -> Tensor:
+        """Store this call's k/v (unless frozen) and attend over the cache with this layer's step mask."""
+        mask, causal = masks[self.mask_key]
+        return cached_attention(q, k, v, cache, self.layer, step.start, mask, causal, self.scale)
 
 
 class Block(nn.Module):
