@@ -1,18 +1,20 @@
-# Two entry points: `make demo` and `make test`. Both create .venv and install the pinned CPU torch first,
-# so that no requirement can pull a multi-GB CUDA build on a CPU machine.
+# Two entry points: `make demo` and `make test`. Both create .venv and install exactly what requirements.lock pins
+# (with hashes): every runtime and dev dependency, torch as the CPU 2.13.0 build, no CUDA or nvidia-* packages.
+# `make lock` refreshes the lock from pyproject.toml (LOCK_ARGS=--upgrade: newest allowed releases of everything;
+# LOCK_ARGS="--upgrade-package NAME": one package).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-TORCH_PIN := torch==2.13.0
+LOCK := requirements.lock
 STAMP := $(VENV)/.installed
+LOCK_ARGS ?=
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): $(LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH_PIN)
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 # The main job: the long-context sandbox sweep on the bundled model (in-context vs thinking vs qTTT at matched
@@ -28,6 +30,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_core.py
+
+lock:
+	test -x $(BIN)/pip-compile || { test -x $(BIN)/python || $(PY) -m venv $(VENV); $(BIN)/pip install -q pip-tools; }
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --extra dev --no-emit-index-url \
+		--no-emit-find-links --constraint requirements-torch.txt --output-file $(LOCK) $(LOCK_ARGS) pyproject.toml
+	@! grep -qiE '^(nvidia|triton|cuda)' $(LOCK) || { echo "error: $(LOCK) pulls CUDA packages"; exit 1; }
+	@grep -q '^torch==2.13.0+cpu ' $(LOCK) || { echo "error: $(LOCK) lacks the CPU torch 2.13.0"; exit 1; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache
