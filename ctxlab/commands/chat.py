@@ -31,6 +31,14 @@ def run(
     if app_name not in APPS:
         raise CtxlabError(f"unknown chat app {app_name!r}; available: {', '.join(APPS)}")
     from ctxlab.apps.tickets.chat import run_chat
+    from ctxlab.checks import check_device
+    from ctxlab.fileio import check_writable_dir
+
+    check_device(device)
+    if transcript is not None:
+        check_writable_dir(transcript.expanduser().parent, "--transcript directory")
+    if db is not None:
+        check_writable_dir(db.expanduser().parent, "--db directory")
 
     run_chat(model, user_script, db, max_turns, simulate_user=simulate_user, seed=seed, transcript=transcript,
              agent_first=agent_first, max_calls=max_calls, device=device)
