@@ -135,7 +135,8 @@ class RunStore:
         except CtxlabError:
             return  # unreadable shards: leave them for the user to inspect
         for path in self.shards():
-            path.unlink(missing_ok=True)
+            for part in (path, *path.parent.glob(path.name + "-*")):  # the shard and its -wal / -shm files
+                part.unlink(missing_ok=True)
         self.run_json.unlink(missing_ok=True)
         for d in (self.dir, self.out) if created_out else (self.dir,):
             if d.is_dir() and not any(d.iterdir()):
