@@ -93,3 +93,26 @@ def coerce_like(default: Any, value: Any, what: str, *, none_ok: bool = False) -
         kind = "bool" if isinstance(default, bool) else type(default).__name__
         raise CtxlabError(f"{what} must be {kind}, got {value!r}") from None
     return v
+
+
+def check_device(device: Any) -> str:
+    """`device` as a string if this machine has it (cpu, cuda, cuda:N, mps); one line otherwise. Checked before a
+    model is loaded, so a typo or a missing GPU is not a traceback from deep inside torch."""
+    import torch
+
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CtxlabError(f"unknown device {device!r}; use cpu or cuda[:N]") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CtxlabError(f"device {device}: no CUDA device is available on this machine")
+        n = torch.cuda.device_count()
+        if (d.index or 0) >= n:
+            raise CtxlabError(f"device {device} does not exist: this machine has {n} CUDA device(s) (cuda:0..{n - 1})")
+    elif d.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise CtxlabError(f"device {device}: MPS is not available on this machine")
+    elif d.type != "cpu":
+        raise CtxlabError(f"unsupported device {device!r}; use cpu or cuda[:N]")
+    return str(device)

@@ -55,8 +55,31 @@ app.command("demo")(demo.run)
 app.add_typer(tickets.app, name="tickets")
 
 
+def _click_errors() -> tuple[type[Exception], ...]:
+    """click's exception base classes: the standalone package's and the copy typer vendors (typer >= 0.25 raises
+    its own), so usage errors are caught whichever typer is installed."""
+    import click
+
+    classes: list[type[Exception]] = [click.ClickException]
+    try:
+        from typer._click import exceptions as vendored
+    except ImportError:
+        pass
+    else:
+        classes.append(vendored.ClickException)
+    return tuple(classes)
+
+
+def usage_line(e: Exception) -> str:
+    """One line for a click/typer usage error, pointing at the command's --help."""
+    ctx = getattr(e, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    message = e.format_message() if hasattr(e, "format_message") else str(e)
+    return f"error: {message}{hint}"
+
+
 def main() -> None:
-    """Console entry point: one-line errors and a non-zero exit for bad input."""
+    """Console entry point: one line on stderr and a non-zero exit for bad input (2 for usage and input errors)."""
     try:
         app(standalone_mode=False)
     except CtxlabError as e:
@@ -67,13 +90,10 @@ def main() -> None:
         sys.exit(130)
     except (typer.Abort, typer.Exit) as e:  # typer's own exits
         sys.exit(getattr(e, "exit_code", 1))
-    except Exception as e:  # click usage errors and friends
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    except _click_errors() as e:  # usage errors: missing/unknown option or command, bad value, range
+        if str(e).strip():  # (a bare group has printed its help: nothing to add)
+            print(" ".join(usage_line(e).split()), file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

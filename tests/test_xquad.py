@@ -7,6 +7,7 @@ from ctxlab.errors import CtxlabError
 from ctxlab.tasks.base import CARD_SECTIONS, TaskRegistry
 from ctxlab.tasks.xquad import (
     METRICS,
+    OFFICIAL_LANGS,
     SHARED_XQUAD_DIR,
     TASKS,
     XQUAD_LANGS,
@@ -194,9 +195,11 @@ def test_default_data_dir_is_shared(shared_data):
 
 
 def test_tasks_and_card():
-    assert [t.name for t in TASKS] == [f"xquad:{lang}" for lang in XQUAD_LANGS]
+    assert [t.name for t in TASKS] == [f"xquad:{lang}" for lang in OFFICIAL_LANGS]
+    assert set(OFFICIAL_LANGS) == {"ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh"}
     reg = TaskRegistry(TASKS)
-    assert len(reg.resolve("xquad")) == 10 and reg.get("xquad:hi").languages == ("hi",)
+    assert len(reg.resolve("xquad")) == 12 and reg.get("xquad:hi").languages == ("hi",)
+    assert reg.get("xquad:th").lang == "th" and reg.get("xquad:ro").lang == "ro"
     sections = TASKS[0].card.sections()
     assert tuple(sections) == CARD_SECTIONS
     assert all(sections[name] for name in CARD_SECTIONS)

@@ -52,6 +52,14 @@ def run(
         if given:
             raise CtxlabError(f"{given[0]} applies to `ctxlab chat MODEL`, not to the tickets app")
         from ctxlab.apps.tickets.chat import run_chat
+        from ctxlab.checks import check_device
+        from ctxlab.fileio import check_writable_dir
+
+        check_device(device)
+        if transcript is not None:
+            check_writable_dir(transcript.expanduser().parent, "--transcript directory")
+        if db is not None:
+            check_writable_dir(db.expanduser().parent, "--db directory")
 
         run_chat(agent_model, user_script, db, max_turns or 20, simulate_user=simulate_user, seed=seed,
                  transcript=transcript, agent_first=agent_first, max_calls=max_calls or 4, device=device)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Annotated, Any, TextIO
 
 import typer
@@ -28,12 +27,15 @@ def run(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Stream a completion of PROMPT to stdout."""
+    from ctxlab.checks import check_device
     from ctxlab.engine.sampling import SamplingParams
+    from ctxlab.fileio import read_text_file
 
+    check_device(device)
     params = SamplingParams(
         temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
     )
-    text = Path(prompt[1:]).read_text() if prompt.startswith("@") else prompt
+    text = read_text_file(prompt[1:], "prompt file") if prompt.startswith("@") else prompt
     stats = stream_text(model, text, params, chat=chat, stop=stop or [], truncate=truncate, dtype=dtype,
                         device=device, out=sys.stdout)
     print(file=sys.stdout, flush=True)

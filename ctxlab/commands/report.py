@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -21,7 +22,10 @@ def run(
 def compare_runs(run_dirs: Sequence[str], out_png: str | None = "report.png", out: Any = None) -> Any:
     """The comparison of finished runs: printed as a table and (unless out_png is empty) drawn as a PNG."""
     from ctxlab.eval.report import chart, compare, table
+    from ctxlab.fileio import check_writable_dir
 
+    if out_png:
+        check_writable_dir(Path(out_png).expanduser().parent, "--out-png directory")
     c = compare(run_dirs)
     con = console(out)
     con.print(table(c))

@@ -64,7 +64,9 @@ def experiment(
 ) -> None:
     """The synthetic multilingual QA experiment end to end: generator + QA training, per-language gains."""
     from ctxlab.apps.synthqa.experiment import make_config, run_experiment
+    from ctxlab.fileio import check_writable_dir
 
+    check_writable_dir(out, "--out")
     cfg = make_config(
         out, tiny=tiny, data_dir=data_dir, langs=split_names(langs) or None, max_articles=max_articles,
         pretrain_steps=pretrain_steps, generator_steps=generator_steps, qa_steps=qa_steps, batch_size=batch_size,

@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from ctxlab.fileio import check_writable_dir
+
 app = typer.Typer(help="The TicketTalk pipeline: data, scoring, self-play and transcripts.", no_args_is_help=True,
                   add_completion=False)
 
@@ -30,6 +32,7 @@ def prepare(
     """Simulate dialogues, convert data, build the initial checkpoint."""
     from ctxlab.apps.tickets.pipeline import prepare as run
 
+    check_writable_dir(out, "--out")
     run(out, n_sim=n_sim, n_sim_eval=n_sim_eval, seed=seed, seq_len=seq_len, sft_sim_dialogues=sft_sim_dialogues,
         vocab_size=vocab_size)
 
@@ -45,6 +48,8 @@ def evaluate(
     """Score a checkpoint through the tickettalk task."""
     from ctxlab.apps.tickets.pipeline import evaluate as run
 
+    if out:
+        check_writable_dir(Path(out).expanduser().parent, "--out directory")
     res = {d: run(model, d, limit=limit, max_prompt_tokens=max_prompt_tokens) for d in data}
     if out:
         Path(out).write_text(json.dumps(res, indent=2))
@@ -73,6 +78,7 @@ def transcript(
     """Record one chat as markdown (docs/tickets_transcript.md)."""
     from ctxlab.apps.tickets.pipeline import parse_replay, transcript_doc
 
+    check_writable_dir(Path(out).expanduser().parent, "--out directory")
     print(transcript_doc(out, model=model, user_script=user_script, replay=parse_replay(replay)))
 
 
@@ -96,4 +102,7 @@ def simulate(
     """Write simulated TicketTalk dialogues as a TM-3 split TSV."""
     from ctxlab.apps.tickets.simulate import write_simulated
 
+    for path in (out, as_json):
+        if path:
+            check_writable_dir(Path(path).expanduser().parent, "output directory")
     print(write_simulated(out, n, seed, as_json))

@@ -9,7 +9,7 @@ from typing import Annotated, TextIO
 
 import typer
 
-from ctxlab.checks import check_int
+from ctxlab.checks import check_device, check_int
 from ctxlab.commands.common import DeviceOpt, DtypeOpt, ModelArg
 from ctxlab.errors import CtxlabError
 
@@ -27,12 +27,10 @@ def run(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Query-only test-time training: one prefill, N steps on W_Q against the frozen cache, then the answer."""
-    try:
-        text = context.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise CtxlabError(f"cannot read context file {context}: {e.__class__.__name__}") from None
-    answer_with_qttt(model, text, question, steps, span, lr, max_new_tokens=max_new_tokens, seed=seed, dtype=dtype,
-                     device=device)
+    from ctxlab.fileio import read_text_file
+
+    answer_with_qttt(model, read_text_file(context, "context file"), question, steps, span, lr,
+                     max_new_tokens=max_new_tokens, seed=seed, dtype=dtype, device=device)
 
 
 def answer_with_qttt(
@@ -59,6 +57,7 @@ def answer_with_qttt(
     if not question.strip():
         raise CtxlabError("the question is empty")
     check_int("max_new_tokens", max_new_tokens, 1)
+    check_device(device)
     from ctxlab.models.loading import load_model
     from ctxlab.strategies import LM, QTTT, Prompt, Request
     from ctxlab.tasks.format import answer_text

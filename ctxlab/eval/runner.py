@@ -32,14 +32,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ctxlab.checks import check_int, coerce_like
+from ctxlab.checks import check_int, check_number, coerce_like
 from ctxlab.errors import CtxlabError
 from ctxlab.eval import distributed
 from ctxlab.eval.backends import backend_class
 from ctxlab.eval.backends.base import BaseBackend
 from ctxlab.eval.results import FLOPS_UNIT, SCHEMA, MetricResult, RunResult, TaskResult, environment
 from ctxlab.eval.store import RunStore, SampleRecord
-from ctxlab.fileio import write_json_atomic, write_jsonl_atomic
+from ctxlab.fileio import check_writable_dir, write_json_atomic, write_jsonl_atomic
 from ctxlab.strategies import Outcome, Prompt, Request, Strategy, make_strategy
 from ctxlab.tasks.base import Sample, Task, TaskRegistry
 from ctxlab.tasks.format import format_prompt
@@ -131,12 +131,23 @@ def sample_seed(seed: int, task: str, sample_id: str) -> int:
 # ------------------------------------------------------------------------------------------------ tasks
 
 
-def _registry(extra_tasks: Sequence[Task]) -> TaskRegistry:
-    from ctxlab.tasks import registry
+def _registry(extra_tasks: Sequence[Task], data_dirs: Sequence[str] = ()) -> TaskRegistry:
+    """The registered tasks, plus `extra_tasks`, plus what the data directories add (e.g. xquad.th.json)."""
+    from ctxlab.tasks import discover, registry
 
     base = registry()
-    known = set(base.names())
-    extra = [t for t in extra_tasks if t.name not in known]
+    found = list(extra_tasks)
+    for spec in data_dirs:
+        sel, sep, path = spec.partition("=")
+        path = path if sep and _SELECTOR.match(sel) and "/" not in sel else spec
+        if Path(path).expanduser().is_dir():
+            found += discover(Path(path).expanduser())
+    known: set[str] = set(base.names())
+    extra = []
+    for t in found:
+        if t.name not in known:
+            known.add(t.name)
+            extra.append(t)
     return TaskRegistry([base.get(n) for n in base.names()] + extra)
 
 
@@ -253,8 +264,7 @@ def plan(cfg: EvalConfig, extra_tasks: Sequence[Task] = ()) -> Plan:
     check_int("seed", cfg.seed, 0)
     check_int("bootstrap", cfg.bootstrap, 2)
     check_int("max_new_tokens", cfg.max_new_tokens, 1, allow_none=True)
-    if cfg.temperature is not None and not (isinstance(cfg.temperature, (int, float)) and cfg.temperature >= 0):
-        raise CtxlabError(f"temperature must be >= 0, got {cfg.temperature!r}")
+    check_number("temperature", cfg.temperature, 0, allow_none=True)
     if not cfg.model:
         raise CtxlabError("no model given")
 
@@ -265,14 +275,12 @@ def plan(cfg: EvalConfig, extra_tasks: Sequence[Task] = ()) -> Plan:
     strategy = make_strategy(cfg.strategy, cfg.budget_think_tokens, dict(cfg.strategy_options),
                              supported=cls.strategies, backend=cls.name)
 
-    selected = list({t.name: t for t in _registry(extra_tasks).resolve(cfg.tasks)}.values())  # drop repeats
+    selected = list({t.name: t for t in _registry(extra_tasks, cfg.data_dirs).resolve(cfg.tasks)}.values())
     selected, applied = apply_task_options(selected, cfg.task_options)
     metric_sets = select_metrics(selected, cfg.metrics)
     dirs = assign_data_dirs(selected, cfg.data_dirs)
 
-    out = Path(cfg.out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise CtxlabError(f"--out {out} is a file, not a directory")
+    out = check_writable_dir(cfg.out, "--out")
     store = RunStore(out)
     if store.exists() and not cfg.resume:
         raise CtxlabError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
@@ -287,6 +295,16 @@ def plan(cfg: EvalConfig, extra_tasks: Sequence[Task] = ()) -> Plan:
         temp = cfg.temperature if cfg.temperature is not None else float(task.temperature)
         tplans.append(TaskPlan(task, samples, hashes, metrics, data_dir, int(max_new), float(temp), task.truncation,
                                options))
+
+    context = cls.context_hint(cfg.model, opts)
+    for tp in tplans:
+        need = strategy.reserve(tp.max_new_tokens) + _MIN_PROMPT_TOKENS
+        if context is not None and need > context:
+            think = f"thinking budget {cfg.budget_think_tokens}, " if strategy.budget_fields else ""
+            raise CtxlabError(f"{tp.task.name}: {strategy.name} reserves {need - _MIN_PROMPT_TOKENS} tokens for "
+                              f"generation ({think}answer {tp.max_new_tokens}), more than the model's context of "
+                              f"{context} tokens leaves room for; lower "
+                              f"{'--budget-think-tokens or ' if think else ''}--max-new-tokens")
 
     settings = {
         "schema": SCHEMA,
@@ -414,6 +432,7 @@ def execute(p: Plan, *, progress: bool = False, console: Any = None) -> RunResul
     started = time.time()
     info = distributed.init(str(p.backend_options.get("device", "cpu")))
     backend: BaseBackend | None = None
+    created_out = not p.store.out.exists()
     try:
         checks = distributed.all_gather(_sha(p.pending), info)
         if len(set(checks)) > 1:
@@ -445,6 +464,10 @@ def execute(p: Plan, *, progress: bool = False, console: Any = None) -> RunResul
                    "load_s": load_s, "eval_s": eval_s, "computed_now": len(p.pending), "resumed": p.stored}
         result = finalize(p, timings, info.world_size)
         return result
+    except BaseException:
+        if info.is_main and p.stored == 0:
+            p.store.discard_if_empty(created_out)
+        raise
     finally:
         if backend is not None:
             backend.close()

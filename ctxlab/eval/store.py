@@ -126,6 +126,22 @@ class RunStore:
     def exists(self) -> bool:
         return self.run_json.is_file() or any(self.shards())
 
+    def discard_if_empty(self, created_out: bool) -> None:
+        """After a failed start: remove run.json and empty shards when no sample was stored, and the run directory
+        itself when this run created it, so that nothing blocks a retry."""
+        try:
+            if any(True for _ in self.iter_records()):
+                return
+        except CtxlabError:
+            return  # unreadable shards: leave them for the user to inspect
+        for path in self.shards():
+            for part in (path, *path.parent.glob(path.name + "-*")):  # the shard and its -wal / -shm files
+                part.unlink(missing_ok=True)
+        self.run_json.unlink(missing_ok=True)
+        for d in (self.dir, self.out) if created_out else (self.dir,):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+
     def shards(self) -> list[Path]:
         if not self.dir.is_dir():
             return []
@@ -140,9 +156,12 @@ class RunStore:
         if not self.run_json.is_file():
             return None
         try:
-            return json.loads(self.run_json.read_text())
+            run = json.loads(self.run_json.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CtxlabError(f"{self.run_json}: corrupt ({e}); move it away to start a new run") from None
+        if not isinstance(run, dict) or not isinstance(run.get("settings"), dict):
+            raise CtxlabError(f"{self.run_json}: not a run record (no settings); move it away to start a new run")
+        return run
 
     def write_run(self, settings: dict[str, Any]) -> None:
         write_json_atomic(self.run_json, settings)

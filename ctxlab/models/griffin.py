@@ -54,6 +54,7 @@ from ctxlab.models.layers import (
     attend,
     rope_from_hf,
 )
+from ctxlab.models.validate import validate_config
 
 BLOCK_TYPES = ("recurrent", "attention")
 
@@ -92,7 +93,9 @@ class GriffinConfig:
     }
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "block_types", tuple(self.block_types))
+        if isinstance(self.block_types, list):
+            object.__setattr__(self, "block_types", tuple(self.block_types))
+        validate_config(self, "RecurrentGemma", ranges={"partial_rotary_factor": (0.0, 1.0, False)})
         checks = [
             (self.hidden_size % self.num_heads == 0, f"hidden_size {self.hidden_size} not divisible by heads"),
             (self.lru_width % self.num_heads == 0, f"lru_width {self.lru_width} not divisible by heads"),

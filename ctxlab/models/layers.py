@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ctxlab.checks import is_number
 from ctxlab.errors import CtxlabError
 from ctxlab.models.cache import KVCache
 
@@ -183,20 +185,37 @@ def cached_attention(
     return attend(q, *cache.read(layer, start + q.shape[2]), mask, causal, scale)
 
 
+ROPE_NUMBERS = {"linear": ("factor",),
+                "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+
+
 def rope_from_hf(d: dict) -> tuple[float, dict | None]:
     """(theta, scaling) from an HF config dict, accepting both the v4 keys (rope_theta, rope_scaling) and the v5
-    `rope_parameters` dict. `scaling` is None for plain RoPE."""
+    `rope_parameters` dict. `scaling` is None for plain RoPE. Nonsense values are one-line errors."""
     params = d.get("rope_parameters") or {}
-    theta = float(params.get("rope_theta", d.get("rope_theta", 10000.0)))
-    scaling = d.get("rope_scaling") or {k: v for k, v in params.items() if k != "rope_theta"} or None
+    scaling = d.get("rope_scaling")
+    if not isinstance(params, dict) or not (scaling is None or isinstance(scaling, dict)):
+        raise CtxlabError("invalid config: rope_parameters / rope_scaling must be JSON objects")
+    theta = _positive("rope_theta", params.get("rope_theta", d.get("rope_theta", 10000.0)))
+    scaling = scaling or {k: v for k, v in params.items() if k != "rope_theta"} or None
     if scaling is not None:
         rope_type = scaling.get("rope_type", scaling.get("type", "default"))
         if rope_type == "default":
             return theta, None
         if rope_type not in ROPE_TYPES:
             raise CtxlabError(f"unsupported rope_type {rope_type!r}; supported: {', '.join(ROPE_TYPES)}")
+        for key in ROPE_NUMBERS.get(rope_type, ()):
+            if key not in scaling:
+                raise CtxlabError(f"invalid config: {rope_type} rope scaling lacks {key}")
+            _positive(f"rope scaling {key}", scaling[key])
         scaling = {**scaling, "rope_type": rope_type}
     return theta, scaling
+
+
+def _positive(name: str, value: Any) -> float:
+    if not is_number(value) or value <= 0:
+        raise CtxlabError(f"invalid config: {name} must be a finite number > 0, got {value!r}")
+    return float(value)
 
 
 def apply_rope_interleaved(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

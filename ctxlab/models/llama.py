@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ctxlab.checks import is_int
 from ctxlab.errors import CtxlabError
 from ctxlab.models.cache import KVCache, Mask, Step, plan_step
 from ctxlab.models.layers import GatedMLP, RMSNorm, RoPE, apply_rope, cached_attention, rope_from_hf
+from ctxlab.models.validate import validate_config
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,7 @@ class LlamaConfig:
     architecture = "LlamaForCausalLM"
 
     def __post_init__(self) -> None:
-        if self.num_heads % self.num_kv_heads:
-            raise CtxlabError(f"num_attention_heads {self.num_heads} not divisible by kv heads {self.num_kv_heads}")
+        validate_config(self, self.model_type, divisible=(("num_heads", "num_kv_heads"),))
 
     # Maps our field names to HF config keys (the rest are HF-identical).
     HF_KEYS = {
@@ -73,8 +74,9 @@ class LlamaConfig:
         missing = [f for f in required if f not in kw]
         if missing:
             raise CtxlabError(f"config.json lacks {', '.join(cls.HF_KEYS.get(m, m) for m in missing)}")
-        if "head_dim" not in kw:
-            kw["head_dim"] = d["hidden_size"] // d["num_attention_heads"]
+        if "head_dim" not in kw:  # (nonsense sizes are reported by validate_config, not divided by)
+            h, n = d["hidden_size"], d["num_attention_heads"]
+            kw["head_dim"] = h // n if is_int(h) and is_int(n) and n > 0 else 0
         if "num_kv_heads" not in kw:
             kw["num_kv_heads"] = d["num_attention_heads"]
         kw.setdefault("hidden_act", d.get("hidden_activation") or "silu")

@@ -23,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ctxlab.checks import check_device
 from ctxlab.errors import CtxlabError
 from ctxlab.gguf_file import is_gguf, open_gguf
 from ctxlab.models import gguf, model_class
@@ -119,13 +120,19 @@ def read_hf_config(path: Path) -> dict:
     if is_gguf(path):
         return gguf.hf_config(open_gguf(path))
     cfg = read_json(path / "config.json")
-    if cfg.get("model_type") == "llama4" and "text_config" in cfg:  # multimodal: the language model's config
+    if not isinstance(cfg, dict):
+        raise CtxlabError(f"corrupt config.json in {path}: expected a JSON object, got {type(cfg).__name__}")
+    if cfg.get("model_type") == "llama4" and isinstance(cfg.get("text_config"), dict):  # multimodal: the LM's config
         cfg = {**cfg["text_config"], "model_type": "llama4_text", "_multimodal": True}
     return cfg
 
 
 def build_config(hf_config: dict) -> Any:
-    return model_class(hf_config.get("model_type")).config_cls.from_hf_config(hf_config)
+    cls = model_class(hf_config.get("model_type")).config_cls
+    try:
+        return cls.from_hf_config(hf_config)
+    except (TypeError, ValueError, AttributeError, KeyError, ZeroDivisionError) as e:  # what the checks missed
+        raise CtxlabError(f"invalid config.json for {cls.model_type}: {e.__class__.__name__}: {e}") from None
 
 
 # -------------------------------------------------------------------------------------------------- weights
@@ -134,9 +141,17 @@ def build_config(hf_config: dict) -> Any:
 def weight_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.exists():
-        shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+        data = read_json(index)
+        weight_map = data.get("weight_map", {}) if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CtxlabError(f"{index}: weight_map must map tensor names to shard file names")
+        shards = sorted(set(weight_map.values()))
         if not shards:
             raise CtxlabError(f"{index} has an empty weight_map")
+        root = path.resolve()
+        outside = [s for s in shards if Path(s).is_absolute() or root not in (path / s).resolve().parents]
+        if outside:  # an index may only name files of its own checkpoint (no ../ or absolute paths, no symlinks out)
+            raise CtxlabError(f"{index.name} names a shard outside the checkpoint directory: {outside[0]}")
         missing = [s for s in shards if not (path / s).exists()]
         if missing:
             raise CtxlabError(f"missing shard(s) listed in {index.name}: {', '.join(missing)}")
@@ -239,6 +254,7 @@ def assign_weights(model: nn.Module, items: Iterable[WeightItem]) -> None:
 
 
 def default_dtype(device: str | torch.device, requested: str | None) -> torch.dtype:
+    check_device(device)  # every load asks for its dtype first: an absent device is one line, before any work
     if requested is not None:
         if requested not in DTYPES:
             raise CtxlabError(f"unknown dtype {requested!r}; choose from {', '.join(DTYPES)}")

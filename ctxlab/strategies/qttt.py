@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctxlab.checks import is_int
+from ctxlab.checks import is_int, is_number
 from ctxlab.errors import CtxlabError
 
 REGIONS = ("context", "prompt")
@@ -66,12 +66,12 @@ class QTTTConfig:
             raise CtxlabError(f"qTTT steps must be an integer >= 0, got {self.steps!r}")
         if not is_int(self.span) or self.span < 1:
             raise CtxlabError(f"qTTT span must be an integer >= 1, got {self.span!r}")
-        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise CtxlabError(f"qTTT learning rate must be > 0, got {self.lr!r}")
-        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
-            raise CtxlabError(f"weight decay must be >= 0, got {self.weight_decay!r}")
-        if self.clip is not None and not (isinstance(self.clip, (int, float)) and self.clip > 0):
-            raise CtxlabError(f"gradient clip must be > 0 or None, got {self.clip!r}")
+        if not is_number(self.lr) or not self.lr > 0:
+            raise CtxlabError(f"qTTT learning rate must be a finite number > 0, got {self.lr!r}")
+        if not is_number(self.weight_decay) or self.weight_decay < 0:
+            raise CtxlabError(f"weight decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if self.clip is not None and not (is_number(self.clip) and self.clip > 0):
+            raise CtxlabError(f"gradient clip must be a finite number > 0 or None, got {self.clip!r}")
         if not is_int(self.seed):
             raise CtxlabError(f"seed must be an integer, got {self.seed!r}")
         r = self.region

@@ -6,6 +6,8 @@ effects. Adding a family = one import line below.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ctxlab.tasks.base import Task, TaskRegistry
 
 
@@ -19,6 +21,14 @@ def _families() -> list[list[Task]]:
         xquad.TASKS,
         tickettalk.TASKS,
     ]
+
+
+def discover(data_dir: str | Path) -> list[Task]:
+    """Tasks a data directory adds beyond the registered ones (families with `tasks_for_dir`: XQuAD finds every
+    `xquad.LANG.json` it holds)."""
+    from ctxlab.tasks import xquad
+
+    return list(xquad.tasks_for_dir(data_dir))
 
 
 def registry() -> TaskRegistry:

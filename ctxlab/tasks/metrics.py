@@ -159,12 +159,10 @@ def normalize_squad(s: str) -> str:
 
 
 def _ascii_fold(s: str) -> str:
-    """`unidecode` when installed (as the official ZeroSCROLLS F1 does); otherwise drop combining marks after NFKD,
-    which agrees with unidecode on accented Latin letters but leaves other scripts untouched."""
-    try:
-        from unidecode import unidecode
-    except ImportError:
-        return "".join(ch for ch in unicodedata.normalize("NFKD", s) if not unicodedata.combining(ch))
+    """`unidecode`, as the official ZeroSCROLLS F1 applies it after the SQuAD normalisation ("Straße" → "strasse",
+    "Москва" → "moskva")."""
+    from unidecode import unidecode
+
     return unidecode(s)
 
 
@@ -254,8 +252,8 @@ def _rouge_scorer(official: bool):
     from rouge_score import rouge_scorer
 
     types = ["rouge1", "rouge2", "rougeL"]
-    if official:  # ZeroSCROLLS/SCROLLS: default tokenizer with the Porter stemmer
-        return rouge_scorer.RougeScorer(types, use_stemmer=True)
+    if official:  # ZeroSCROLLS/SCROLLS metric: the default tokenizer, `metric_fn_kwargs={"use_stemmer": False}`
+        return rouge_scorer.RougeScorer(types, use_stemmer=False)
     return rouge_scorer.RougeScorer(types, tokenizer=UnicodeRougeTokenizer(stem=True))
 
 
@@ -317,23 +315,41 @@ def _int_list(s: str) -> list[int]:
     return [int(x) for x in cleaned.split()]
 
 
+def _positions(ids: list[int]) -> list[int] | None:
+    """The official `summ_id_per_location_to_pos_of_id`: entry id-1 holds the (1-based) position of `id`; a repeated
+    id keeps its last position and leaves another entry at -1; Python indexing makes id 0 the last entry. None where
+    the official code raises IndexError (an id above the list length)."""
+    order = [-1] * len(ids)
+    for pos, i in enumerate(ids, 1):
+        if not -len(ids) <= i - 1 < len(ids):
+            return None
+        order[i - 1] = pos
+    return order
+
+
+def _harrell_c(times: list[int], scores: list[int]) -> float | None:
+    """lifelines.utils.concordance_index(times, scores) with every event observed: over pairs with t_a < t_b,
+    (pairs ordered alike by the scores + half the score ties) / pairs; None when there is no such pair (where
+    lifelines raises ZeroDivisionError)."""
+    right = ties = pairs = 0
+    for ta, sa in zip(times, scores, strict=True):
+        for tb, sb in zip(times, scores, strict=True):
+            if ta < tb:
+                pairs += 1
+                right += sa < sb
+                ties += sa == sb
+    return None if pairs == 0 else (right + ties / 2) / pairs
+
+
 def _concordance(gold: list[int], pred: list[int]) -> float:
-    """Harrell's C (lifelines.utils.concordance_index without censoring) of the positions of each id."""
-    if sorted(gold) != sorted(pred) or not gold or len(set(gold)) != len(gold):
-        return 0.0  # not a permutation of the gold ids (duplicates make positions ambiguous)
-    if len(gold) == 1:
-        return 1.0  # lifelines raises on a single item; a one-element order is trivially right
-    gpos = {i: k for k, i in enumerate(gold)}
-    ppos = {i: k for k, i in enumerate(pred)}
-    ids = sorted(gold)
-    g = [gpos[i] for i in ids]
-    p = [ppos[i] for i in ids]
-    pairs = concordant = 0.0
-    for a in range(len(ids)):
-        for b in range(a + 1, len(ids)):
-            pairs += 1
-            concordant += 1.0 if (g[a] - g[b]) * (p[a] - p[b]) > 0 else 0.0  # positions are distinct: no ties
-    return concordant / pairs
+    """BookSumSort, as the official script: 0 unless the ids are a permutation of the gold ids (sorted lists equal),
+    else Harrell's C of the id positions. Where the official script crashes (an id past the list length, no
+    admissible pair: a single id or nothing), the prediction scores 0."""
+    if sorted(gold) != sorted(pred):
+        return 0.0
+    g, p = _positions(gold), _positions(pred)
+    c = None if g is None or p is None else _harrell_c(g, p)
+    return 0.0 if c is None else c
 
 
 def _concordance_index(pred: Any, refs: list[Any]) -> float:
@@ -402,7 +418,7 @@ _ALL = [
     Metric(
         "rouge_geo",
         True,
-        "ZeroSCROLLS ROUGE: geometric mean of corpus R1/R2/RL (default rouge-score tokenizer, Porter stem)",
+        "ZeroSCROLLS ROUGE: geometric mean of corpus R1/R2/RL (default rouge-score tokenizer, no stemming)",
         lambda pred, refs: _rouge_triple(pred, refs, official=True),
         _geometric_mean_x100,
         corpus=True,

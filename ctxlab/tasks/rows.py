@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ctxlab.errors import CtxlabError
+from ctxlab.fileio import read_text_file
 
 Row = dict[str, Any]
 
@@ -30,8 +31,7 @@ def read_rows(path: Path, convert_hint: str = "convert the file to JSON lines") 
 def read_json_list(path: Path) -> list[Row]:
     """A JSON file whose top level is a list of objects (LongBench-v2 `data.json`)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(read_text_file(path, "data file", allow_empty=True))
     except json.JSONDecodeError as e:
         raise CtxlabError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     if not isinstance(data, list):
@@ -45,17 +45,17 @@ def read_json_list(path: Path) -> list[Row]:
 def read_jsonl(path: Path) -> list[tuple[int, Row]]:
     """(line number, object) for each non-blank line; blank lines are skipped but still counted."""
     rows: list[tuple[int, Row]] = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CtxlabError(f"{path}: row {n}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise CtxlabError(f"{path}: row {n}: expected a JSON object, got {type(row).__name__}")
-            rows.append((n, row))
+    # split on "\n" only: a JSON string may hold U+2028 and friends, which str.splitlines would break on
+    for n, line in enumerate(read_text_file(path, "data file", allow_empty=True).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CtxlabError(f"{path}: row {n}: invalid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise CtxlabError(f"{path}: row {n}: expected a JSON object, got {type(row).__name__}")
+        rows.append((n, row))
     return rows
 
 

@@ -35,6 +35,8 @@ from ctxlab.checks import is_int
 from ctxlab.errors import CtxlabError
 from ctxlab.tasks.base import DataCard, Sample, Task
 
+# The official release (google-deepmind/xquad): 12 languages, Romanian added in 2021.
+OFFICIAL_LANGS = ("ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh")
 XQUAD_LANGS = ("ar", "de", "el", "en", "es", "hi", "ru", "tr", "vi", "zh")  # shipped in ../shared/data/xquad
 MLQA_LANGS = ("en", "es", "hi", "vi", "de", "ar", "zh")  # languages the official MLQA script defines
 METRICS = ("mlqa_em", "mlqa_f1", "exact_match", "f1")
@@ -349,7 +351,8 @@ _CARD = DataCard(
         "modifications": "None to the data. Answers are generated (prompt: Context/Question/Answer:) and scored by "
                          "MLQA-normalised EM/F1 (mlqa_em, mlqa_f1) plus the official English SQuAD normaliser "
                          "(exact_match, f1).",
-        "getting_started": "ctxlab task xquad:LANG; data dir defaults to ../shared/data/xquad.",
+        "getting_started": "ctxlab eval MODEL --tasks xquad:LANG (the 12 official languages; any other "
+                           "xquad.LANG.json in --data-dir is found too); data dir defaults to ../shared/data/xquad.",
     },
     results={
         "metrics": "EM and F1, max over gold answers, averaged (x100 in reports).",
@@ -401,10 +404,11 @@ def tasks_for_dir(data_dir: str | Path | None = None) -> list[XQuADTask]:
     return [make_task(lang) for lang in find_xquad_langs(data_dir)]
 
 
-TASKS: list[Task] = [make_task(lang) for lang in XQUAD_LANGS]
+TASKS: list[Task] = [make_task(lang) for lang in OFFICIAL_LANGS]
 
 __all__ = [
-    "METRICS", "MLQA_LANGS", "SHARED_XQUAD_DIR", "TASKS", "XQUAD_LANGS", "QA", "Article", "Paragraph", "XQuADTask",
+    "METRICS", "MLQA_LANGS", "OFFICIAL_LANGS", "SHARED_XQUAD_DIR", "TASKS", "XQUAD_LANGS", "QA", "Article", "Paragraph",
+    "XQuADTask",
     "answer_tokens", "base_lang", "check_lang", "exact_match", "f1_score", "find_xquad_langs", "is_punct",
     "load_squad", "load_xquad", "make_task", "normalize_answer", "parse_squad", "qa_scores", "squad_samples",
     "to_squad_json", "tasks_for_dir", "xquad_file",

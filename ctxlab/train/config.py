@@ -36,6 +36,7 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from ctxlab.checks import is_int, is_number
 from ctxlab.errors import CtxlabError
 
 try:
@@ -349,12 +350,12 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise CtxlabError(f"{key} must be true or false, got {value!r}")
         return value
     if tp is int:
-        if not isinstance(value, int) or isinstance(value, bool):
+        if not is_int(value):
             raise CtxlabError(f"{key} must be an integer, got {value!r}")
         return value
     if tp is float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise CtxlabError(f"{key} must be a number, got {value!r}")
+        if not is_number(value):  # NaN and infinity are never a meaningful setting
+            raise CtxlabError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -15,6 +15,7 @@ import torch
 from rich.console import Console
 
 from ctxlab.errors import CtxlabError
+from ctxlab.fileio import check_writable_dir
 from ctxlab.models.loading import load_model, resolve_model_path, save_model
 from ctxlab.tokenizer import Tokenizer
 from ctxlab.train.config import TrainConfig, load_config
@@ -69,7 +70,9 @@ def run_training(kind: str, config_path: str | Path, resume: bool = False,
     console = console or Console(stderr=True)
     cfg = load_config(config_path)
     cfg.check_kind(kind)
-    out = Path(cfg.out_dir)
+    out = check_writable_dir(cfg.out_dir, "out_dir")
+    if cfg.export.dir:
+        check_writable_dir(cfg.export.dir, "export.dir")
     if not resume and checkpoint_dirs(out):
         raise CtxlabError(f"{out} already holds checkpoints; pass --resume to continue or choose another out_dir")
     if cfg.threads:

@@ -48,6 +48,7 @@ from torch import nn
 from ctxlab.apps.demo.records import DemoRecord, DemoResult, aggregate, write_json
 from ctxlab.checks import is_int
 from ctxlab.errors import CtxlabError
+from ctxlab.fileio import check_writable_dir
 from ctxlab.strategies import LM, QTTT, AnswerProbe, InContext, Outcome, Prompt, Request, Strategy, Thinking
 
 SCHEMA = "ctxlab.apps.demo.sweep/1"
@@ -180,9 +181,7 @@ def make_config(
         raise CtxlabError(f"threads must be an integer >= 1, got {threads!r}")
     if not isinstance(out_dir, (str, os.PathLike)) or not str(out_dir).strip():
         raise CtxlabError("out_dir must be a directory path")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise CtxlabError(f"out_dir {out} exists and is not a directory")
+    out = check_writable_dir(out_dir, "out_dir")
     return DemoConfig(model.strip(), cfg_tasks, cfg_lengths, n, cfg_strats, think_budget, qttt_steps, span, float(lr),
                       answer, seed, str(out), bool(quick), threads, region)
 

@@ -44,6 +44,8 @@ from typing import Any
 
 from ctxlab.checks import check_int
 from ctxlab.errors import CtxlabError
+from ctxlab.fileio import read_text_file
+from ctxlab.tasks.rows import read_jsonl
 from ctxlab.tasks.xquad import (
     Article,
     check_lang,
@@ -434,14 +436,8 @@ def _xquad_contexts(spec: str, data_dir: str | Path | None, fractions: Sequence[
 
 def _jsonl_contexts(path: Path, lang: str | None) -> list[Context]:
     out: list[Context] = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CtxlabError(f"{path}:{n}: not valid JSON ({e})") from None
-        text = row.get("context", row.get("text")) if isinstance(row, dict) else None
+    for n, row in read_jsonl(path):
+        text = row.get("context", row.get("text"))
         if not isinstance(text, str) or not text.strip():
             raise CtxlabError(f'{path}:{n}: expected an object with a non-empty "context" (or "text") string')
         rlang = row.get("lang", lang or "und")
@@ -482,7 +478,7 @@ def load_contexts(spec: str, *, lang: str | None = None, data_dir: str | Path | 
                 contexts = [Context(f"{path.stem}-{i}", t, lang or "und", title)
                             for i, (t, title) in enumerate(first_title.items())]
             else:
-                lines = path.read_text(encoding="utf-8").splitlines()
+                lines = read_text_file(path, "contexts file", allow_empty=True).splitlines()
                 contexts = [Context(f"{path.stem}-{n}", t.strip(), lang or "und")
                             for n, t in enumerate(lines, start=1) if t.strip()]
         except UnicodeDecodeError as e:

@@ -31,6 +31,7 @@ from ctxlab.apps.synthqa.generator import (
 )
 from ctxlab.checks import is_int
 from ctxlab.errors import CtxlabError
+from ctxlab.fileio import check_writable_dir
 from ctxlab.tasks.base import Sample
 from ctxlab.tasks.xquad import make_task
 
@@ -183,13 +184,7 @@ def check_out_path(out: str | os.PathLike, inputs: Sequence[str] = ()) -> Path:
     for src in inputs:
         if Path(src).exists() and Path(src).resolve() in (resolved, resolved.with_suffix(".stats.json")):
             raise CtxlabError(f"--out {out} would overwrite the input {src}")
-    parent = resolved.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise CtxlabError(f"--out {out}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK):
-        raise CtxlabError(f"--out {out}: {parent} is not writable")
+    check_writable_dir(resolved.parent, f"--out {out}: directory")
     return p
 
 

@@ -389,7 +389,10 @@ class BookingBackend:
             raise ApiError("invalid_argument", str(e), "time.preference") from None
 
     def _tickets(self, args: dict[str, str]) -> int:
-        n = V.parse_tickets(args.get("num.tickets", "1"))
+        try:
+            n = V.parse_tickets(args.get("num.tickets", "1"))
+        except ValueError as e:  # several numbers, a decimal, a range: refused, never guessed
+            raise ApiError("invalid_argument", f"num.tickets: {e}", "num.tickets") from None
         if n is None or not 1 <= n <= MAX_TICKETS:
             raise ApiError("invalid_argument", f"num.tickets={args.get('num.tickets')!r} is not a ticket count "
                                                f"between 1 and {MAX_TICKETS}", "num.tickets")

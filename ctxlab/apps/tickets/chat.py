@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from ctxlab.apps.tickets.agent import AgentConfig, Event, NativePredictor, Predictor, TicketAgent, TurnResult
 from ctxlab.apps.tickets.backend import BookingBackend
 from ctxlab.errors import CtxlabError
+from ctxlab.fileio import read_text_file
 from ctxlab.tasks.tickettalk.formats import parse_items
 
 HELP = "commands: /quit (leave), /help (this list); anything else is your next message to the agent"
@@ -29,12 +30,7 @@ HELP = "commands: /quit (leave), /help (this list); anything else is your next m
 
 def read_user_script(path: str | Path) -> list[str]:
     p = Path(path)
-    if not p.is_file():
-        raise CtxlabError(f"user script not found: {p}")
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise CtxlabError(f"{p} is not UTF-8 text") from None
+    lines = read_text_file(p, "user script").splitlines()
     utterances = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not utterances:
         raise CtxlabError(f"{p} holds no user utterances (one per line)")

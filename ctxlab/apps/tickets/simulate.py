@@ -181,7 +181,10 @@ class RuleAgent:
     def _decide(self) -> Action:
         s, rng = self.s, self.rng
         booking = (s.movie, s.theater, s.date, s.time, s.tickets)
-        one = V.parse_tickets(s.tickets or "") == 1
+        try:
+            one = V.parse_tickets(s.tickets or "") == 1
+        except ValueError:  # an ambiguous count: the backend will refuse it, the wording does not matter
+            one = False
         n_word = "ticket" if one else "tickets"
         if s.bye:
             return ("say", pick(rng, "Sorry I couldn't help this time. Goodbye!", "I'm sorry about that. Goodbye!"))

@@ -183,19 +183,31 @@ def format_date(d: date) -> str:
 
 # --------------------------------------------------------------------------------------- other slot values
 
+_NUMBER = re.compile(r"\d+(?:[.,/]\d+)?|\b(?:" + "|".join(NUMBER_WORDS) + r")\b")
+_AMBIGUOUS = re.compile(r"\b(?:or|to|maybe|about|around|approximately|roughly|some|few|several|dozens?)\b|[-–~?]")
+
+
 def parse_tickets(text: str) -> int | None:
-    """'two', '3', 'four adults', 'a couple', 'me and my friend', 'John and I', 'just me' → a count."""
+    """Strictly one count: '3', 'two', 'four adults', 'a couple', 'me and my friend', 'John, Sue and I', 'just me'.
+    None when the text holds no count; ValueError (a one-line reason the agent sees) when it is not exactly one
+    whole number: several numbers ('5 or 6', '2 adults and 1 child'), a fraction or decimal ('1.5'), a range or a
+    hedge ('3-4', 'maybe 3')."""
     s = fold(text).strip()
     ws = words(s)
-    nums = [int(w) for w in ws if w.isdigit()] + [NUMBER_WORDS[w] for w in ws if w in NUMBER_WORDS]
+    nums = _NUMBER.findall(s)
     if nums:
-        return sum(nums)  # '2 adults and 1 child' → 3
+        if any(not n.isalpha() and not n.isdigit() for n in nums):
+            raise ValueError(f"{text!r} is not a whole number of tickets")
+        if len(nums) > 1 or _AMBIGUOUS.search(s):
+            raise ValueError(f"{text!r} is not one number of tickets; ask how many tickets in total")
+        n = nums[0]
+        return int(n) if n.isdigit() else NUMBER_WORDS[n]
     if {"couple", "pair", "both", "us"} & set(ws) and "and" not in ws:
         return 2
     parts = [p for p in re.split(r",|\band\b|&|\bplus\b", s) if p.strip()]
     if len(parts) > 1:
         return len(parts)
-    if set(ws) <= {"just", "me", "myself", "only", "single", "i", "one", "ticket", "for", "a"} and ws:
+    if set(ws) <= {"just", "me", "myself", "only", "single", "i", "ticket", "for", "a"} and ws:
         return 1
     return None
 

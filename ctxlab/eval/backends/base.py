@@ -237,6 +237,12 @@ class BaseBackend:
         return {"model": model}
 
     @classmethod
+    def context_hint(cls, model: str, options: Mapping[str, Any]) -> int | None:
+        """The model's context in tokens when known before loading (budgets are checked against it), else None."""
+        value = options.get("context_length")
+        return value if isinstance(value, int) and value > 0 else None
+
+    @classmethod
     def load(cls, model: str, options: Mapping[str, Any]) -> BaseBackend:
         raise NotImplementedError
 

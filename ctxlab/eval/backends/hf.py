@@ -75,6 +75,16 @@ class HFBackend(BaseBackend):
         return out
 
     @classmethod
+    def context_hint(cls, model: str, options: Mapping[str, Any]) -> int | None:
+        cfg = Path(model) / "config.json"
+        try:
+            limit = json.loads(cfg.read_text(encoding="utf-8")).get("max_position_embeddings") if cfg.is_file() \
+                else None
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            return None
+        return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
+
+    @classmethod
     def load(cls, model: str, options: Mapping[str, Any]) -> HFBackend:
         tf = import_transformers()
         from ctxlab.models.loading import default_dtype

@@ -68,6 +68,13 @@ class NativeBackend(BaseBackend):
                 "chat": options.get("chat")}
 
     @classmethod
+    def context_hint(cls, model: str, options: Mapping[str, Any]) -> int | None:
+        from ctxlab.models.loading import build_config, read_hf_config, resolve_model_path
+
+        limit = getattr(build_config(read_hf_config(resolve_model_path(model))), "max_position_embeddings", None)
+        return limit if isinstance(limit, int) else None
+
+    @classmethod
     def load(cls, model: str, options: Mapping[str, Any]) -> NativeBackend:
         from ctxlab.models.loading import load_model
         from ctxlab.tokenizer import Tokenizer

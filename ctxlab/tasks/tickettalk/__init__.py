@@ -144,6 +144,8 @@ def _gem_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise CtxlabError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise CtxlabError(f"{path}: not UTF-8 text (byte {e.start})") from None
     if not isinstance(data, list):
         raise CtxlabError(f"{path}: expected a JSON list of GEM records")
     for n, row in enumerate(data, 1):
