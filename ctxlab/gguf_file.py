@@ -5,6 +5,7 @@ tokenizer metadata is read by ctxlab/tokenizer_gguf.py.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -21,12 +22,26 @@ class GGUFFile:
     arch: str
     meta: dict[str, Any]
     tensors: dict[str, Any]  # name → gguf ReaderTensor
+    mmap: Any = None  # the reader's np.memmap of the whole file
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.meta.get(key, default)
 
     def arch_key(self, suffix: str, default: Any = None) -> Any:
         return self.meta.get(f"{self.arch}.{suffix}", default)
+
+    def drop_pages(self, offset: int, nbytes: int) -> None:
+        """Tell the kernel the file pages of [offset, offset + nbytes) are not needed now (they stay readable: a
+        later access reads them again). Keeps the resident set at the dequantized weights while loading."""
+        mm = getattr(self.mmap, "_mmap", None)
+        if mm is None or not hasattr(mm, "madvise"):
+            return
+        page = mmap.PAGESIZE
+        lo = (offset // page) * page
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, lo, min(len(mm) - lo, offset + nbytes - lo))
+        except (OSError, ValueError):
+            pass  # advisory only
 
 
 def is_gguf(path: str | Path) -> bool:
@@ -70,7 +85,7 @@ def _open_cached(path: str, size: int, mtime: int) -> GGUFFile:
     arch = meta.get("general.architecture")
     if not isinstance(arch, str):
         raise CtxlabError(f"{p.name} has no general.architecture metadata")
-    return GGUFFile(p, arch, meta, tensors)
+    return GGUFFile(p, arch, meta, tensors, reader.data)
 
 
 def tensor_type_counts(g: GGUFFile) -> dict[str, int]:

@@ -218,7 +218,40 @@ def _dequantize(g: GGUFFile, t: Any) -> np.ndarray:
     return arr.astype(np.float32, copy=False).reshape(shape)
 
 
-def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+CHUNK_ROWS = 4096  # rows dequantized at a time: the fp32 transient stays small next to the weights
+
+
+def dequantize_tensor(g: GGUFFile, t: Any, dtype: torch.dtype, device: str | torch.device) -> torch.Tensor:
+    """A tensor dequantized by row chunks straight into a preallocated `dtype` tensor on `device`, so peak memory is
+    the dequantized weights plus one chunk; the file pages a chunk read are dropped again (they are re-readable)."""
+    from gguf import dequantize
+
+    kind = t.tensor_type.name
+    if kind not in SUPPORTED_TYPES:
+        raise CtxlabError(f"{g.path.name}: tensor {t.name} has type {kind}, which ctxlab does not read "
+                          f"(supported: {', '.join(SUPPORTED_TYPES)})")
+    shape = tuple(int(s) for s in reversed(t.shape.tolist()))
+    if len(shape) != 2 or t.data.ndim != 2 or t.data.shape[0] != shape[0]:
+        return torch.from_numpy(np.ascontiguousarray(_dequantize(g, t))).to(device=device, dtype=dtype)
+    out = torch.empty(shape, dtype=dtype, device=device)
+    for a in range(0, shape[0], CHUNK_ROWS):
+        b = min(shape[0], a + CHUNK_ROWS)
+        try:
+            rows = dequantize(t.data[a:b], t.tensor_type)
+        except Exception as e:  # noqa: BLE001
+            raise CtxlabError(f"{g.path.name}: cannot dequantize {t.name} ({kind}): {e}") from None
+        if rows.size != (b - a) * shape[1]:
+            raise CtxlabError(f"{g.path.name}: tensor {t.name} holds rows of {rows.size // (b - a)} values but "
+                              f"declares shape {shape}")
+        rows = np.ascontiguousarray(rows, dtype=np.float32).reshape(b - a, shape[1])
+        if not rows.flags.writeable:  # F32 rows are views of the read-only memory map
+            rows = rows.copy()
+        out[a:b] = torch.from_numpy(rows)
+    g.drop_pages(t.data_offset, t.n_bytes)
+    return out
+
+
+def unpermute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
     """Inverse of llama.cpp's `permute`: rows (n_head, 2, hd/2) interleaved back to rotate-half (n_head, hd/2, 2)."""
     if w.shape[0] % (2 * n_head):
         raise CtxlabError(f"cannot un-permute a q/k weight of {w.shape[0]} rows over {n_head} heads")
@@ -238,13 +271,14 @@ def hf_tensors(g: GGUFFile, config: dict[str, Any], dtype: torch.dtype,
         hf = arch.names.get(template)
 
         def load(t=t, template=template) -> torch.Tensor:
-            arr = _dequantize(g, t)
+            offset = arch.norm_offset and template.endswith("norm.weight")
+            w = dequantize_tensor(g, t, torch.float32 if offset else dtype, device)
             if arch.permute_qk and template == "blk.{}.attn_q.weight":
-                arr = unpermute_qk(arr, config["num_attention_heads"])
+                w = unpermute_qk(w, config["num_attention_heads"])
             elif arch.permute_qk and template == "blk.{}.attn_k.weight":
-                arr = unpermute_qk(arr, config.get("num_key_value_heads", config["num_attention_heads"]))
-            elif arch.norm_offset and template.endswith("norm.weight"):
-                arr = arr - 1.0
-            return torch.from_numpy(np.ascontiguousarray(arr)).to(device=device, dtype=dtype)
+                w = unpermute_qk(w, config.get("num_key_value_heads", config["num_attention_heads"]))
+            elif offset:
+                w = (w - 1.0).to(dtype)  # in fp32, then cast: 1 + w rounded to bf16 would lose w
+            return w.contiguous()
 
         yield name, None if hf is None else hf.format(*idx), load
